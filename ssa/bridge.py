@@ -1,0 +1,191 @@
+"""
+The endpoint objects that join an application's plaintext stream to its
+secure connection.
+
+The application holds one end of a Unix socketpair; the daemon holds the
+other (the I{plaintext side}) and a TLS stream (the I{secure side}). Bytes
+cross unchanged and in order; each side's transport is the other's
+streaming producer, so a slow reader pauses a fast writer instead of
+filling the daemon's memory. Half-closes travel both ways: the application's
+C{shutdown(SHUT_WR)} becomes close_notify, the peer's close_notify becomes
+end-of-file. A truncated or failed connection reaches the application as
+C{ECONNRESET} after the bytes that did arrive.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .interfaces import ITLSStreamListener
+from .tlsconfig import TLSSessionInfo
+from .tlsprotocol import TLSStreamProtocol
+
+
+@implementer(IHalfCloseableProtocol)
+class PlaintextSide(Protocol):
+    """
+    The daemon's end of the application's socketpair.
+    """
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        The application wrote plaintext: send it securely.
+        """
+        self.bridge.secure.write(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The application shut down writing: send close_notify.
+        """
+        self.bridge.secure.close_write()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our writing side to the application is closed.
+        """
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        The plaintext side is gone.
+        """
+        self.bridge.plaintext_lost()
+
+
+@implementer(ITLSStreamListener)
+class Bridge:
+    """
+    One established connection: a L{TLSStreamProtocol} and a
+    L{PlaintextSide}, joined.
+
+    @ivar secure: the TLS stream to the peer.
+    @ivar plaintext: the application-side protocol, once attached.
+    @ivar failure: why the connection ended, if not cleanly.
+    """
+
+    def __init__(
+        self,
+        secure: TLSStreamProtocol,
+        app_end: int,
+        on_end: Callable[[BaseException | None], None],
+    ) -> None:
+        """
+        @param app_end: the daemon's copy of the application's descriptor,
+            used only to make a failure reach the application as an error.
+        @param on_end: called once when both sides are gone.
+        """
+        self.secure = secure
+        self.plaintext: PlaintextSide | None = None
+        self.failure: BaseException | None = None
+        self._app_end = app_end
+        self._on_end = on_end
+        self._secure_gone = False
+        self._plaintext_gone = False
+        self._closing = False
+
+    def attach(self, plaintext: PlaintextSide) -> None:
+        """
+        Join the sides once the plaintext transport exists.
+        """
+        self.plaintext = plaintext
+        self.secure.listener = self
+        secure_transport, plain_transport = self.secure.transport, plaintext.transport
+        secure_transport.registerProducer(plain_transport, True)
+        plain_transport.registerProducer(secure_transport, True)
+
+    # ITLSStreamListener
+
+    def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
+        """
+        Not expected: the bridge is attached after the handshake.
+        """
+
+    def tls_data_received(self, data: bytes) -> None:
+        """
+        Plaintext from the peer goes to the application.
+        """
+        assert self.plaintext is not None
+        self.plaintext.transport.write(data)
+
+    def tls_peer_closed(self) -> None:
+        """
+        The peer's close_notify: the application reads end-of-file.
+        """
+        assert self.plaintext is not None
+        self.plaintext.transport.loseWriteConnection()
+
+    def tls_connection_lost(self, failure: BaseException | None) -> None:
+        """
+        The secure side is gone; close the plaintext side, as an error if
+        the end was not clean.
+        """
+        self._secure_gone = True
+        if failure is not None and not self._closing:
+            self.failure = failure
+            self._signal_error()
+        if self.plaintext is not None and not self._plaintext_gone:
+            self.plaintext.transport.loseConnection()
+        self._maybe_end()
+
+    # Plaintext side
+
+    def plaintext_lost(self) -> None:
+        """
+        The plaintext side is gone; close the secure side.
+        """
+        self._plaintext_gone = True
+        if not self._secure_gone:
+            self.secure.close()
+        self._maybe_end()
+
+    def close(self) -> None:
+        """
+        The application closed its socket: close_notify, then close both.
+        """
+        if self._closing:
+            return
+        self._closing = True
+        if not self._secure_gone:
+            self.secure.close()
+        if self.plaintext is not None and not self._plaintext_gone:
+            self.plaintext.transport.loseConnection()
+
+    def _signal_error(self) -> None:
+        """
+        Make the application's next read, after the bytes already sent,
+        fail with C{ECONNRESET}: the kernel does that when the daemon's end
+        closes with unread data queued, so queue one byte first.
+        """
+        if self.plaintext is None:
+            return
+        self.plaintext.transport.stopReading()
+        try:
+            _send_marker(self._app_end)
+        except OSError:
+            pass
+
+    def _maybe_end(self) -> None:
+        if self._secure_gone and self._plaintext_gone:
+            self._on_end(self.failure)
+
+
+def _send_marker(fd: int) -> None:
+    """
+    Queue one byte from the application's end towards the daemon's end,
+    without blocking and without changing the descriptor's flags.
+    """
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.send(b"!", socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        pass  # the queue is full: it is not empty either
+    finally:
+        sock.detach()

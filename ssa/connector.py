@@ -1,0 +1,168 @@
+"""
+One client connection attempt: TCP connect, TLS handshake, identity check,
+each bounded by the policy's timeouts, ending in exactly one outcome.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.protocol import ClientFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import TLSFailure, TLSTruncated
+from .identity import verify_identity
+from .interfaces import ITLSBackend, ITLSStreamListener
+from .sockets import ConnectPlan
+from .tlsconfig import TLSSessionInfo
+from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
+
+log = Logger()
+INTERNAL_ERROR = "internal error in the SSA daemon (details are in its log)"
+
+
+@implementer(ITLSStreamListener)
+class ConnectAttempt(ClientFactory):
+    """
+    Connects one socket; calls exactly one of C{on_connected(protocol,
+    info)} or C{on_failed(errno, reason)}, unless cancelled.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        reactor: IReactorTCP & IReactorTime,
+        backend: ITLSBackend,
+        plan: ConnectPlan,
+        connect_timeout: float,
+        handshake_timeout: float,
+        on_connected: Callable[[TLSStreamProtocol, TLSSessionInfo], None],
+        on_failed: Callable[[int, str], None],
+        bind_address: tuple[str, int] | None = None,
+    ) -> None:
+        self._reactor = reactor
+        self._backend = backend
+        self._plan = plan
+        self._connect_timeout = connect_timeout
+        self._handshake_timeout = handshake_timeout
+        self._on_connected = on_connected
+        self._on_failed = on_failed
+        self._bind_address = bind_address
+        self._connector = None
+        self._protocol: TLSStreamProtocol | None = None
+        self._timer: IDelayedCall | None = None
+        self._done = False
+
+    def start(self) -> None:
+        """
+        Begin with the TCP connection.
+        """
+        plan = self._plan
+        self._connector = self._reactor.connectTCP(
+            plan.host, plan.port, self, timeout=self._connect_timeout,
+            bindAddress=self._bind_address,
+        )
+
+    def cancel(self) -> None:
+        """
+        The application gave up (closed its socket): stop everything.
+        """
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.abortConnection()
+        elif self._connector is not None:
+            self._connector.stopConnecting()
+
+    # ClientFactory
+
+    def buildProtocol(self, addr: object) -> TLSStreamProtocol | None:
+        """
+        TCP is up: make the TLS stream with a fresh engine.
+        """
+        plan = self._plan
+        try:
+            engine = self._backend.client_engine(plan.config, plan.server_hostname)
+        except Exception:
+            log.failure("the {backend} backend could not make a client engine",
+                        backend=self._backend.name)
+            self._finish_failed(errno.ECANCELED, INTERNAL_ERROR)
+            return None
+        self._protocol = TLSStreamProtocol(engine, self, self._check_session)
+        self._timer = self._reactor.callLater(self._handshake_timeout, self._handshake_timed_out)
+        return self._protocol
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        """
+        TCP failed: refused, unreachable or timed out.
+        """
+        self._finish_failed(
+            errno.ECONNABORTED, describe_tcp_failure(reason, self._plan.host, self._plan.port)
+        )
+
+    def clientConnectionLost(self, connector: object, reason: Failure) -> None:
+        """
+        Reported through L{tls_connection_lost} instead.
+        """
+
+    # ITLSStreamListener, until the bridge takes over
+
+    def _check_session(self, info: TLSSessionInfo) -> None:
+        verify_identity(info.peer_certificate, self._plan.verify_name)
+
+    def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
+        """
+        The handshake and identity check passed: the socket is connected.
+        """
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        assert self._protocol is not None
+        self._on_connected(self._protocol, info)
+
+    def tls_data_received(self, data: bytes) -> None:
+        """
+        Not reachable: data follows the handshake, when the bridge listens.
+        """
+
+    def tls_peer_closed(self) -> None:
+        """
+        Not reachable before the handshake completes.
+        """
+
+    def tls_connection_lost(self, failure: BaseException | None) -> None:
+        """
+        The connection ended before the handshake completed.
+        """
+        if isinstance(failure, (TLSFailure, TLSTruncated)):
+            reason = str(failure.args[0]) if failure.args else "TLS failure"
+        else:
+            reason = "the connection was lost during the handshake"
+        self._finish_failed(errno.EPROTO, reason)
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        if self._protocol is not None:
+            self._protocol.fail(
+                TLSFailure(f"the TLS handshake did not finish within {self._handshake_timeout:g} s")
+            )
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _finish_failed(self, err: int, reason: str) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._stop_timer()
+        self._on_failed(err, reason)

@@ -1,0 +1,214 @@
+"""
+The Unix-socket frontend (SPEC section 6): applications' calls arrive as
+frames (L{ssa.wire}) on a Unix stream socket; each control connection owns
+the sockets it opened, and closing it closes them.
+
+The daemon learns each peer's pid, uid and gid from the kernel, never from
+the peer's words, and never opens a path for it: file contents arrive in
+the option values.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+
+from twisted.internet.interfaces import IFileDescriptorReceiver
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .. import wire
+from ..connector import INTERNAL_ERROR
+from ..errors import SSAError
+from ..peer import PeerIdentity, peer_identity
+from ..service import SocketService
+from ..wire import Frame, FrameDecoder, FramingError, Op
+
+log = Logger()
+
+
+@implementer(IFileDescriptorReceiver)
+class ControlProtocol(Protocol):
+    """
+    One application's control connection.
+
+    @ivar peer: who the kernel says the application is.
+    @ivar sockets: the ids of the sockets this connection owns.
+    """
+
+    def __init__(self, service: SocketService, max_frame: int = wire.MAX_FRAME) -> None:
+        self.service = service
+        self.decoder = FrameDecoder(max_frame)
+        self.sockets: set[int] = set()
+        self.peer: PeerIdentity | None = None
+        self._open = False
+
+    def connectionMade(self) -> None:
+        """
+        Ask the kernel who connected.
+        """
+        self._open = True
+        try:
+            self.peer = peer_identity(self.transport.getHandle())
+        except OSError as e:
+            log.warn("cannot read the peer's credentials ({error}); closing", error=e)
+            self.transport.loseConnection()
+
+    def fileDescriptorReceived(self, descriptor: int) -> None:
+        """
+        Version 1 requests carry no descriptors: close any that arrive.
+        """
+        os.close(descriptor)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Decode frames and answer each.
+        """
+        try:
+            frames = self.decoder.feed(data)
+        except FramingError as e:
+            self._send(wire.encode_frame(0, 0, 0, wire.ERRNO.pack(errno.EPROTO) + str(e).encode()))
+            log.info("closing a control connection of {peer}: {error}", peer=self._who(), error=e)
+            self.transport.loseConnection()
+            return
+        for frame in frames:
+            if not self._open:
+                return
+            self._handle(frame)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        """
+        The application closed (or died): close its sockets.
+        """
+        self._open = False
+        for socket_id in self.sockets:
+            self.service.close(socket_id)
+        self.sockets.clear()
+
+    # Dispatch
+
+    def _handle(self, frame: Frame) -> None:
+        handler = _HANDLERS.get(frame.op)
+        try:
+            if handler is None:
+                raise SSAError(errno.EINVAL, f"unknown operation {frame.op}")
+            if frame.nfds:
+                raise SSAError(errno.EINVAL, "requests carry no descriptors in wire version 1")
+            if frame.op != Op.SOCKET and frame.socket_id not in self.sockets:
+                raise SSAError(
+                    errno.EBADF,
+                    f"socket {frame.socket_id:#x} is not known to the daemon on this connection",
+                )
+            handler(self, frame)
+        except SSAError as e:
+            self._reply(frame, e.errno, e.reason.encode("utf-8"))
+        except (struct.error, ValueError) as e:
+            self._reply(frame, errno.EINVAL, f"malformed {_name(frame.op)} request: {e}".encode())
+        except Exception:
+            log.failure("internal error handling {op} from {peer}", op=_name(frame.op), peer=self._who())
+            self._reply(frame, errno.ECANCELED, INTERNAL_ERROR.encode())
+
+    def _socket(self, frame: Frame) -> None:
+        family, type_, proto = wire.SOCKET_ARGS.unpack(frame.body)
+        assert self.peer is not None
+        sock, app_end = self.service.open_socket(self.peer, family, type_, proto)
+        self.sockets.add(sock.id)
+        self.transport.sendFileDescriptor(app_end)
+        self._send(wire.encode_reply(frame, 0, wire.NEW_SOCKET.pack(sock.id), nfds=1))
+
+    def _bind(self, frame: Frame) -> None:
+        address, _ = wire.decode_address(frame.body)
+        self.service.bind(frame.socket_id, address)
+        self._reply(frame, 0)
+
+    def _connect(self, frame: Frame) -> None:
+        (flags,) = wire.CONNECT_FLAGS.unpack_from(frame.body)
+        address, _ = wire.decode_address(frame.body[wire.CONNECT_FLAGS.size :])
+        blocking = not flags & wire.CONNECT_NONBLOCKING
+        done = self.service.connect(frame.socket_id, address, blocking)
+        if not blocking:
+            done.addErrback(lambda f: f.trap(SSAError))
+            self._reply(frame, errno.EINPROGRESS, b"connection in progress")
+            return
+
+        def succeeded(_: object) -> None:
+            self._reply(frame, 0)
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if isinstance(error, SSAError):
+                self._reply(frame, error.errno, error.reason.encode("utf-8"))
+            else:
+                log.failure("internal error connecting {peer}", failure, peer=self._who())
+                self._reply(frame, errno.ECANCELED, INTERNAL_ERROR.encode())
+
+        done.addCallbacks(succeeded, failed)
+
+    def _setsockopt(self, frame: Frame) -> None:
+        level, name = wire.OPTION.unpack_from(frame.body)
+        self.service.setsockopt(frame.socket_id, level, name, frame.body[wire.OPTION.size :])
+        self._reply(frame, 0)
+
+    def _getsockopt(self, frame: Frame) -> None:
+        level, name = wire.OPTION.unpack_from(frame.body)
+        self._reply(frame, 0, self.service.getsockopt(frame.socket_id, level, name))
+
+    def _listen(self, frame: Frame) -> None:
+        (backlog,) = wire.BACKLOG.unpack_from(frame.body)
+        self.service.listen(frame.socket_id, backlog)
+        self._reply(frame, 0)
+
+    def _close(self, frame: Frame) -> None:
+        self.sockets.discard(frame.socket_id)
+        self.service.close(frame.socket_id)
+        self._reply(frame, 0)
+
+    # Output
+
+    def _reply(self, frame: Frame, err: int, payload: bytes = b"") -> None:
+        self._send(wire.encode_reply(frame, err, payload))
+
+    def _send(self, data: bytes) -> None:
+        if self._open:
+            self.transport.write(data)
+
+    def _who(self) -> str:
+        return self.peer.describe() if self.peer else "an unknown peer"
+
+
+_HANDLERS = {
+    Op.SOCKET: ControlProtocol._socket,
+    Op.BIND: ControlProtocol._bind,
+    Op.CONNECT: ControlProtocol._connect,
+    Op.SETSOCKOPT: ControlProtocol._setsockopt,
+    Op.GETSOCKOPT: ControlProtocol._getsockopt,
+    Op.LISTEN: ControlProtocol._listen,
+    Op.CLOSE: ControlProtocol._close,
+}
+
+
+def _name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return f"operation {op}"
+
+
+class ControlFactory(Factory):
+    """
+    Makes a L{ControlProtocol} per application connection.
+    """
+
+    noisy = False
+
+    def __init__(self, service: SocketService) -> None:
+        self.service = service
+
+    def buildProtocol(self, addr: object) -> ControlProtocol:
+        """
+        A new control connection.
+        """
+        return ControlProtocol(self.service)

@@ -1,0 +1,165 @@
+"""
+The interfaces between the parts of the daemon.
+
+    frontend --ISocketAPI--> daemon core --ITLSBackend/ITLSEngine--> backend
+                                   bridge <--ITLSStreamListener-- TLS stream
+
+A frontend (Unix socket, netlink) turns an application's calls into
+L{ISocketAPI} calls. The core keeps the socket table and policy and, to
+connect, asks the configured L{ITLSBackend} for an L{ITLSEngine}: a sans-IO
+TLS connection that the daemon's one TLS stream protocol drives over TCP.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class ITLSEngine(Interface):
+    """
+    One TLS connection without I/O: ciphertext goes in through L{receive}
+    and comes out of L{outgoing}; plaintext goes in through L{write} and
+    comes out of L{read}. Every method may queue ciphertext, so the caller
+    drains L{outgoing} after each call.
+    """
+
+    peer_closed = Attribute("True once the peer's close_notify has been read.")
+
+    def receive(ciphertext: bytes) -> None:
+        """
+        Hand the engine bytes that arrived from the network.
+        """
+
+    def do_handshake() -> bool:
+        """
+        Advance the handshake with what has been received.
+
+        @return: C{True} once the handshake is complete (the peer's chain
+            verified against the configured anchors), C{False} while it
+            needs more data from the peer.
+        @raise ssa.errors.TLSFailure: the handshake failed; the reason names
+            the cause (the failing check and depth, the alert received).
+        """
+
+    def read() -> bytes:
+        """
+        Decrypt all the plaintext that can be decrypted now.
+
+        @return: the plaintext, C{b""} if none; after the peer's close_notify,
+            L{peer_closed} is true.
+        @raise ssa.errors.TLSFailure: the peer broke the protocol.
+        """
+
+    def write(plaintext: bytes) -> None:
+        """
+        Encrypt C{plaintext} (after the handshake) for sending.
+        """
+
+    def close_notify() -> None:
+        """
+        Queue a close_notify alert; later writes are not allowed. Idempotent.
+        """
+
+    def outgoing() -> bytes:
+        """
+        Take the ciphertext queued for the network, C{b""} if none.
+        """
+
+    def session_info() -> object:
+        """
+        Describe the finished handshake.
+
+        @rtype: L{ssa.tlsconfig.TLSSessionInfo}
+        """
+
+
+class ITLSBackend(Interface):
+    """
+    A TLS library, chosen by name; it makes engines from plain data.
+    """
+
+    name = Attribute("The backend's short name, e.g. C{'openssl'}.")
+    description = Attribute("One line for people.")
+
+    def client_engine(config: object, server_hostname: str | None) -> ITLSEngine:
+        """
+        Make a client engine.
+
+        @param config: an L{ssa.tlsconfig.ClientTLSConfig}; backends build
+            one library context per distinct config and reuse it.
+        @param server_hostname: the name sent as SNI, or L{None} (IP literal).
+        """
+
+
+class ITLSStreamListener(Interface):
+    """
+    What the TLS stream protocol tells the object that owns the connection.
+    """
+
+    def tls_handshake_completed(info: object) -> None:
+        """
+        The handshake and the peer identity check passed.
+
+        @param info: an L{ssa.tlsconfig.TLSSessionInfo}.
+        """
+
+    def tls_data_received(data: bytes) -> None:
+        """
+        Plaintext from the peer.
+        """
+
+    def tls_peer_closed() -> None:
+        """
+        The peer sent close_notify: a clean end of its stream.
+        """
+
+    def tls_connection_lost(failure: BaseException | None) -> None:
+        """
+        The connection is gone.
+
+        @param failure: L{None} after a clean close; otherwise why: an
+            L{ssa.errors.TLSFailure}, an L{ssa.errors.TLSTruncated}, or the
+            TCP error.
+        """
+
+
+class ISocketAPI(Interface):
+    """
+    The socket calls of SPEC section 3, as the daemon core offers them to
+    frontends. Every method raises L{ssa.errors.SSAError} on failure.
+    """
+
+    def open_socket(owner: object, family: int, type: int) -> object:
+        """
+        Create a NEW socket owned by C{owner} (an L{ssa.peer.PeerIdentity}).
+
+        @return: the new L{ssa.sockets.TLSSocket}.
+        """
+
+    def bind(socket_id: int, address: tuple) -> None:
+        """
+        Bind the socket's network side to C{address}.
+        """
+
+    def connect(socket_id: int, address: tuple, blocking: bool) -> object:
+        """
+        Start connecting.
+
+        @return: a L{Deferred} that fires with L{None} on success or fails
+            with L{ssa.errors.SSAError}.
+        """
+
+    def setsockopt(socket_id: int, level: int, name: int, value: bytes) -> None:
+        """
+        Set an option from its wire value.
+        """
+
+    def getsockopt(socket_id: int, level: int, name: int) -> bytes:
+        """
+        Get an option's wire value.
+        """
+
+    def close(socket_id: int) -> None:
+        """
+        Close the socket: close_notify if connected, then free everything.
+        """

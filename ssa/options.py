@@ -1,0 +1,226 @@
+"""
+The rules of every socket option (SPEC section 4), without I/O.
+
+Each option is one L{OptionRule}: the states in which it may be set and
+read, and how its wire value is decoded, checked against the policy and
+stored, or encoded. L{ssa.sockets.TLSSocket} applies them in the SPEC's
+order: unknown option, direction, state, value, policy.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from . import constants as c
+from .constants import SocketState
+from .errors import SSAError
+from .tlsconfig import chain_pem, subject_line
+
+if TYPE_CHECKING:
+    from .sockets import TLSSocket
+
+INT = struct.Struct("i")
+U64 = struct.Struct("Q")
+MAX_HOSTNAME = 255
+
+S = SocketState
+ANY = frozenset({S.NEW, S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.LISTENING, S.ERROR})
+NEW_ONLY = frozenset({S.NEW})
+ESTABLISHED = frozenset({S.CONNECTED, S.DISCONNECTED})
+NEVER: frozenset[SocketState] = frozenset()
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """
+    How one option behaves.
+
+    @ivar name: its constant's name, for messages.
+    @ivar set_states: where C{setsockopt} is allowed (empty: get-only).
+    @ivar get_states: where C{getsockopt} is allowed (empty: set-only).
+    @ivar setter: stores a decoded wire value on the socket.
+    @ivar getter: encodes the socket's value for the wire.
+    """
+
+    name: str
+    set_states: frozenset[SocketState]
+    get_states: frozenset[SocketState]
+    setter: Callable[[TLSSocket, bytes], None] | None = None
+    getter: Callable[[TLSSocket], bytes] | None = None
+
+
+def decode_text(name: str, value: bytes) -> str:
+    """
+    Decode a NUL-terminated (or plain) string value.
+    """
+    if value.endswith(b"\0"):
+        value = value[:-1]
+    if b"\0" in value:
+        raise SSAError(errno.EINVAL, f"{name}: the value has a NUL byte inside it")
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SSAError(errno.EINVAL, f"{name}: the value is not UTF-8 text") from None
+
+
+def encode_text(text: str) -> bytes:
+    """
+    Encode a string value, NUL-terminated as C expects.
+    """
+    return text.encode("utf-8") + b"\0"
+
+
+def decode_int(name: str, value: bytes) -> int:
+    """
+    Decode a 4-byte native integer value.
+    """
+    if len(value) != INT.size:
+        raise SSAError(
+            errno.EINVAL, f"{name}: expected a {INT.size}-byte integer, got {len(value)} bytes"
+        )
+    return INT.unpack(value)[0]
+
+
+def encode_int(number: int) -> bytes:
+    """
+    Encode a 4-byte native integer value.
+    """
+    return INT.pack(number)
+
+
+def _set_hostname(sock: TLSSocket, value: bytes) -> None:
+    name = decode_text("TLS_HOSTNAME", value)
+    if not name:
+        raise SSAError(errno.EINVAL, "TLS_HOSTNAME: the hostname is empty")
+    if len(name.encode("utf-8")) > MAX_HOSTNAME:
+        raise SSAError(errno.EINVAL, f"TLS_HOSTNAME: longer than {MAX_HOSTNAME} bytes")
+    if any(ch.isspace() for ch in name):
+        raise SSAError(errno.EINVAL, f"TLS_HOSTNAME: {name!r} contains white space")
+    sock.hostname = name
+
+
+def _get_hostname(sock: TLSSocket) -> bytes:
+    if sock.hostname is None:
+        raise SSAError(errno.EINVAL, "TLS_HOSTNAME: no hostname was set for this socket")
+    return encode_text(sock.hostname)
+
+
+def _set_trusted_peer_certificates(sock: TLSSocket, value: bytes) -> None:
+    try:
+        certificates = x509.load_pem_x509_certificates(value.rstrip(b"\0"))
+    except ValueError:
+        raise SSAError(
+            errno.EINVAL,
+            "TLS_TRUSTED_PEER_CERTIFICATES: the value holds no readable PEM certificate",
+        ) from None
+    if sock.policy.app_trust_anchors == "deny":
+        raise SSAError(
+            errno.EPROTO,
+            "TLS_TRUSTED_PEER_CERTIFICATES: the policy (app-trust-anchors: deny) "
+            "does not let applications choose their own trust anchors",
+        )
+    sock.trust_anchors = chain_pem(tuple(certificates))
+
+
+def _version_setter(which: str) -> Callable[[TLSSocket, bytes], None]:
+    name = f"TLS_VERSION_{which.upper()}"
+
+    def setter(sock: TLSSocket, value: bytes) -> None:
+        version = decode_int(name, value)
+        if not c.TLS_1_0 <= version <= c.TLS_1_3:
+            raise SSAError(errno.EINVAL, f"{name}: {version} is not a TLS_1_x constant (0-3)")
+        low, high = sock.policy.min_version, sock.policy.max_version
+        if version < low:
+            raise SSAError(
+                errno.EPROTO,
+                f"{name}: {c.version_name(version)} is below the policy's "
+                f"min-tls-version ({c.version_name(low)})",
+            )
+        if version > high:
+            raise SSAError(
+                errno.EPROTO,
+                f"{name}: {c.version_name(version)} is above the policy's "
+                f"max-tls-version ({c.version_name(high)})",
+            )
+        new_min = version if which == "min" else sock.version_min
+        new_max = version if which == "max" else sock.version_max
+        if new_min > new_max:
+            raise SSAError(
+                errno.EINVAL,
+                f"{name}: the minimum {c.version_name(new_min)} would be above "
+                f"the maximum {c.version_name(new_max)}",
+            )
+        sock.version_min, sock.version_max = new_min, new_max
+
+    return setter
+
+
+def _session(sock: TLSSocket):
+    assert sock.session is not None
+    return sock.session
+
+
+def _get_peer_identity(sock: TLSSocket) -> bytes:
+    leaf = _session(sock).peer_certificate
+    if leaf is None:
+        raise SSAError(errno.ENOTCONN, "TLS_PEER_IDENTITY: the peer sent no certificate")
+    return encode_text(subject_line(leaf))
+
+
+def _get_peer_chain(sock: TLSSocket) -> bytes:
+    chain = _session(sock).peer_chain
+    if not chain:
+        raise SSAError(errno.ENOTCONN, "TLS_PEER_CERTIFICATE_CHAIN: the peer sent no certificate")
+    return chain_pem(chain) + b"\0"
+
+
+def _get_error(sock: TLSSocket) -> bytes:
+    if sock.last_error is None:
+        raise SSAError(errno.EINVAL, "TLS_ERROR: no failure has been recorded on this socket")
+    return encode_text(sock.last_error)
+
+
+RULES: dict[int, OptionRule] = {
+    c.TLS_HOSTNAME: OptionRule("TLS_HOSTNAME", NEW_ONLY, ANY, _set_hostname, _get_hostname),
+    c.TLS_TRUSTED_PEER_CERTIFICATES: OptionRule(
+        "TLS_TRUSTED_PEER_CERTIFICATES", NEW_ONLY, NEVER, _set_trusted_peer_certificates
+    ),
+    c.TLS_ID: OptionRule("TLS_ID", NEVER, ANY, getter=lambda s: U64.pack(s.id)),
+    c.TLS_ERROR: OptionRule("TLS_ERROR", NEVER, ANY, getter=_get_error),
+    c.TLS_VERSION_MIN: OptionRule(
+        "TLS_VERSION_MIN", NEW_ONLY, ANY, _version_setter("min"),
+        lambda s: encode_int(s.version_min),
+    ),
+    c.TLS_VERSION_MAX: OptionRule(
+        "TLS_VERSION_MAX", NEW_ONLY, ANY, _version_setter("max"),
+        lambda s: encode_int(s.version_max),
+    ),
+    c.TLS_PEER_IDENTITY: OptionRule("TLS_PEER_IDENTITY", NEVER, ESTABLISHED, getter=_get_peer_identity),
+    c.TLS_PEER_CERTIFICATE_CHAIN: OptionRule(
+        "TLS_PEER_CERTIFICATE_CHAIN", NEVER, ESTABLISHED, getter=_get_peer_chain
+    ),
+    c.TLS_CHOSEN_CIPHER: OptionRule(
+        "TLS_CHOSEN_CIPHER", NEVER, ESTABLISHED, getter=lambda s: encode_text(_session(s).cipher)
+    ),
+    c.TLS_CHOSEN_VERSION: OptionRule(
+        "TLS_CHOSEN_VERSION", NEVER, ESTABLISHED, getter=lambda s: encode_int(_session(s).version)
+    ),
+}
+
+
+def is_ip_literal(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address rather than a name.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

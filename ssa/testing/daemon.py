@@ -1,0 +1,115 @@
+"""
+A real SSA daemon process for end-to-end tests: C{python -m twisted ssa}
+on a private control socket, with its log in a file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ssa
+
+SOURCE_ROOT = Path(ssa.__file__).resolve().parent.parent
+
+
+class DaemonProcess:
+    """
+    C{twist ssa} in a child process.
+
+    @ivar socket_path: its control socket.
+    @ivar log_path: where its log goes.
+    """
+
+    def __init__(self, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self._dir = tempfile.mkdtemp(prefix="ssa-daemon-")
+        self.socket_path = os.path.join(self._dir, "ssa.sock")
+        self.log_path = os.path.join(self._dir, "daemon.log")
+        self._extra_args = extra_args or []
+        self._env = env or {}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> DaemonProcess:
+        """
+        Start it and wait until its control socket accepts connections.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(SOURCE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        env.update(self._env)
+        args = [sys.executable, "-m", "twisted", "--log-file", self.log_path, "--log-format", "text", "ssa",
+                "--socket", self.socket_path, *self._extra_args]
+        self.process = subprocess.Popen(args, env=env, cwd=self._dir, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n{self.log()}")
+            if self._accepting():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"the daemon did not listen within {timeout} s:\n{self.log()}")
+
+    def _accepting(self) -> bool:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(self.socket_path)
+            return True
+        except OSError:
+            return False
+        finally:
+            probe.close()
+
+    def stop(self) -> int | None:
+        """
+        Stop it (SIGTERM, then SIGKILL) and return its exit status.
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        """
+        Everything it logged so far.
+        """
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def descriptor_count(self) -> int:
+        """
+        How many descriptors it has open.
+        """
+        assert self.process is not None
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def memory_kib(self) -> int:
+        """
+        Its resident memory in KiB.
+        """
+        assert self.process is not None
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def __enter__(self) -> DaemonProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

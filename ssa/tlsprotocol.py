@@ -1,0 +1,181 @@
+"""
+The daemon's one TLS stream protocol: it drives any backend's
+L{ITLSEngine} over a TCP transport and tells an L{ITLSStreamListener} what
+happens. Backends differ only in their engine, so half-close, truncation
+and flow control behave the same whichever backend runs.
+
+Flow control needs nothing here: the protocol never buffers, so the bridge
+registers the TCP transport and the plaintext transport as each other's
+producers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .errors import TLSFailure, TLSTruncated
+from .interfaces import ITLSEngine, ITLSStreamListener
+from .tlsconfig import TLSSessionInfo
+
+
+@implementer(IHalfCloseableProtocol)
+class TLSStreamProtocol(Protocol):
+    """
+    TLS over one TCP connection.
+
+    @ivar listener: who hears about the handshake, data and the end; the
+        connector at first, the bridge once connected.
+    @ivar handshake_done: whether the handshake and identity check passed.
+    """
+
+    def __init__(
+        self,
+        engine: ITLSEngine,
+        listener: ITLSStreamListener,
+        check_session: Callable[[TLSSessionInfo], None],
+    ) -> None:
+        """
+        @param check_session: called with the finished handshake's info; it
+            raises L{TLSFailure} to refuse the peer (the identity check).
+        """
+        self.engine = engine
+        self.listener = listener
+        self.handshake_done = False
+        self._check_session = check_session
+        self._failure: BaseException | None = None
+        self._peer_closed_reported = False
+        self._write_closed = False
+
+    def connectionMade(self) -> None:
+        """
+        TCP is up: start the handshake.
+        """
+        self._receive(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Ciphertext from the peer.
+        """
+        self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        engine = self.engine
+        try:
+            if data:
+                engine.receive(data)
+            if not self.handshake_done:
+                done = engine.do_handshake()
+                self._flush()
+                if not done:
+                    return
+                info = engine.session_info()
+                self._check_session(info)
+                self.handshake_done = True
+                self.listener.tls_handshake_completed(info)
+            plaintext = engine.read()
+        except TLSFailure as failure:
+            self._flush()
+            self.fail(failure)
+            return
+        self._flush()
+        if plaintext:
+            self.listener.tls_data_received(plaintext)
+        if engine.peer_closed and not self._peer_closed_reported:
+            self._peer_closed_reported = True
+            self.listener.tls_peer_closed()
+
+    def _flush(self) -> None:
+        out = self.engine.outgoing()
+        if out:
+            self.transport.write(out)
+
+    def write(self, data: bytes) -> None:
+        """
+        Send plaintext to the peer.
+        """
+        if not self._write_closed:
+            self.engine.write(data)
+            self._flush()
+
+    def close_write(self) -> None:
+        """
+        Half-close: send close_notify, then end TCP's sending side; the
+        peer's data keeps coming.
+        """
+        if self._write_closed:
+            return
+        self._write_closed = True
+        self.engine.close_notify()
+        self._flush()
+        self.transport.loseWriteConnection()
+
+    def close(self) -> None:
+        """
+        Close cleanly: close_notify (once established) and TCP close.
+        """
+        if self.handshake_done and not self._write_closed:
+            self._write_closed = True
+            self.engine.close_notify()
+            self._flush()
+        self.transport.loseConnection()
+
+    def fail(self, failure: BaseException) -> None:
+        """
+        Drop the connection at once because of C{failure}, which the
+        listener gets in L{ITLSStreamListener.tls_connection_lost}.
+        """
+        if self._failure is None:
+            self._failure = failure
+        self.transport.abortConnection()
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer ended TCP's sending side: clean only after close_notify.
+        """
+        if not self.handshake_done:
+            self.fail(TLSFailure("the peer closed the connection during the handshake"))
+        elif not self.engine.peer_closed:
+            self.fail(TLSTruncated("the peer closed TCP without sending close_notify (truncation)"))
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our sending side is closed; nothing more to do.
+        """
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        """
+        TCP is gone: tell the listener whether that was clean.
+        """
+        failure = self._failure
+        if failure is None:
+            if not self.handshake_done:
+                failure = TLSFailure("the peer closed the connection during the handshake")
+            elif not self.engine.peer_closed:
+                failure = TLSTruncated(
+                    f"the connection was lost without close_notify ({reason.getErrorMessage()})"
+                )
+        self.listener.tls_connection_lost(failure)
+
+
+def describe_tcp_failure(reason: Failure, host: str, port: int) -> str:
+    """
+    Say in words why a TCP connection to C{host}:C{port} failed.
+    """
+    from twisted.internet import error
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if reason.check(error.ConnectionRefusedError):
+        return f"TCP connection to {where} refused"
+    if reason.check(error.TimeoutError, error.TCPTimedOutError):
+        return f"TCP connection to {where} timed out"
+    if reason.check(error.NoRouteError):
+        return f"no route to {where} (host unreachable)"
+    if reason.check(error.DNSLookupError):
+        return f"cannot resolve {host}"
+    return f"TCP connection to {where} failed: {reason.getErrorMessage()}"

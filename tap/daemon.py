@@ -1,0 +1,123 @@
+"""
+C{twistd ssa}: options and wiring of the SSA daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import socket
+
+from twisted.application.service import MultiService, Service
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ssa.backend_choice import NoSuchBackend, load_backend
+from ssa.frontends.unix import ControlFactory
+from ssa.paths import daemon_socket_path
+from ssa.policy import DEFAULT_POLICY, Policy
+from ssa.service import SocketService
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """
+    Command-line options of C{twistd ssa}.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the Secure Socket API daemon: applications open IPPROTO_TLS sockets "
+        "through its Unix control socket and it does TLS for them."
+    )
+    optParameters = [
+        ["socket", "s", None,
+         "Path of the control socket (default: $SSA_SOCKET, /run/ssa/ssa.sock as root, "
+         "else $XDG_RUNTIME_DIR/ssa/ssa.sock)."],
+        ["backend", "b", None, "TLS backend to use (default: openssl)."],
+    ]
+
+    def postOptions(self) -> None:
+        """
+        Fill in defaults.
+        """
+        if self["socket"] is None:
+            self["socket"] = daemon_socket_path()
+
+
+class UnixFrontendService(Service):
+    """
+    Listens on the control socket, safely: the directory is made private
+    to the daemon's user unless it is the system one, a stale socket file is
+    replaced, a live one is not.
+    """
+
+    def __init__(self, reactor, path: str, sockets: SocketService) -> None:
+        self.reactor = reactor
+        self.path = path
+        self.sockets = sockets
+        self.port = None
+
+    def startService(self) -> None:
+        """
+        Bind the control socket.
+        """
+        super().startService()
+        directory = os.path.dirname(self.path) or "."
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o755 if os.getuid() == 0 else 0o700, exist_ok=True)
+        _remove_stale(self.path)
+        self.port = self.reactor.listenUNIX(self.path, ControlFactory(self.sockets), mode=0o666, backlog=128)
+        log.info("SSA daemon listening on {path} with the {backend} backend",
+                 path=self.path, backend=self.sockets.backend.name)
+
+    def stopService(self):
+        """
+        Close every socket and the control socket.
+        """
+        super().stopService()
+        self.sockets.close_all()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+def _remove_stale(path: str) -> None:
+    if not os.path.exists(path):
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError as e:
+        if e.errno in (errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENOENT):
+            os.unlink(path)
+            return
+        raise
+    finally:
+        probe.close()
+    raise SystemExit(f"another SSA daemon is already listening on {path}")
+
+
+def _raise_descriptor_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def makeService(options: Options, reactor=None, policy: Policy = DEFAULT_POLICY) -> MultiService:
+    """
+    Wire the daemon from its options.
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    name = options["backend"] or policy.backend
+    try:
+        backend = load_backend(name)
+    except NoSuchBackend as e:
+        raise SystemExit(str(e.args[0]))
+    _raise_descriptor_limit()
+    top = MultiService()
+    sockets = SocketService(reactor, backend, policy)
+    UnixFrontendService(reactor, options["socket"], sockets).setServiceParent(top)
+    return top
