@@ -111,9 +111,24 @@ _ALERT_HINTS: dict[str, str] = {
     "unrecognized_name": "it does not serve the requested host name (SNI)",
 }
 
+# What to do about the alerts a server most often receives from clients.
+_SERVER_ALERT_HINTS: dict[str, str] = {
+    "handshake_failure": "it accepts none of the allowed cipher suites and groups",
+    "insufficient_security": "it requires stronger ciphers than those allowed",
+    "bad_certificate": "it rejected the server certificate",
+    "unknown_ca": "it does not trust the server certificate's issuer",
+    "certificate_expired": "it considers the server certificate expired",
+    "no_application_protocol": "it accepts none of the allowed ALPN protocols",
+}
+
 
 def describe_ssl_error(
-    error: SSL.Error, stage: str, min_version: int, max_version: int
+    error: SSL.Error,
+    stage: str,
+    min_version: int,
+    max_version: int,
+    *,
+    server: bool = False,
 ) -> str:
     """
     One line about an C{OpenSSL.SSL.Error}, for a L{ssa.errors.TLSFailure}.
@@ -122,6 +137,7 @@ def describe_ssl_error(
     @param stage: what failed, e.g. C{"handshake failed"}.
     @param min_version: the lowest C{TLS_1_x} allowed, named in version errors.
     @param max_version: the highest C{TLS_1_x} allowed.
+    @param server: whether this side is the server (the peer is a client).
     @return: e.g. C{"handshake failed: the peer sent alert unknown_ca: it
         does not trust the client certificate's issuer (tlsv1 alert unknown
         ca)"}.
@@ -142,15 +158,19 @@ def describe_ssl_error(
         )
     elif "wrong version number" in lowered or "packet length too long" in lowered:
         what = "the peer does not speak TLS"
+    elif server and "peer did not return a certificate" in lowered:
+        what = "the client sent no certificate (one is required)"
     elif "no shared cipher" in lowered or "no ciphers available" in lowered:
         what = "no allowed cipher suite is usable with the peer"
+        if server:
+            what += " (or none suits the key types of the server's certificates)"
     elif "no protocols available" in lowered:
         what = f"no TLS version in the allowed range {allowed} is usable"
     elif "certificate verify failed" in lowered:
         what = "certificate verification failed"
     elif (match := _ALERT.search(lowered.split("; ")[0])) is not None:
         name = (match.group(1) or match.group(2)).strip().replace(" ", "_")
-        hint = _ALERT_HINTS.get(name)
+        hint = (_SERVER_ALERT_HINTS if server else _ALERT_HINTS).get(name)
         what = f"the peer sent alert {name}" + (f": {hint}" if hint else "")
     else:
         what = "TLS error"

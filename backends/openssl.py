@@ -1,22 +1,34 @@
 # -*- test-case-name: tests.test_backend_openssl -*-
 """
-The OpenSSL backend: sans-IO TLS client engines on pyOpenSSL memory BIOs.
+The OpenSSL backend: sans-IO TLS client and server engines on pyOpenSSL
+memory BIOs.
 
 L{OpenSSLBackend} builds one C{OpenSSL.SSL.Context} per distinct
-L{ClientTLSConfig} and keeps it (pyOpenSSL forbids changing a Context once it
-has made a Connection, so a Context is finished before it is cached). Each
-L{OpenSSLEngine} is one C{OpenSSL.SSL.Connection} without a socket.
+L{ClientTLSConfig} or L{ServerTLSConfig} and keeps it (pyOpenSSL forbids
+changing a Context once it has made a Connection, so a Context is finished
+before it is cached). Each engine is one C{OpenSSL.SSL.Connection} without a
+socket: L{OpenSSLEngine} in connect state, L{OpenSSLServerEngine} in accept
+state.
 
-The engine verifies the peer's chain against the configured anchors only;
+The engines verify the peer's chain against the configured anchors only;
 the daemon core checks the peer's identity (host name) on the leaf.
+
+Keys and certificates are read with C{cryptography} and handed to pyOpenSSL
+as C{cryptography} objects (pyOpenSSL's own C{X509}/C{PKey} arguments are
+deprecated since 24.3).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections import OrderedDict
+from typing import Callable, Union
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from zope.interface import implementer
@@ -29,7 +41,15 @@ from ssa.backends._openssl_errors import (
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.interfaces import ITLSBackend, ITLSEngine
-from ssa.tlsconfig import ClientTLSConfig, TLSSessionInfo, subject_line
+from ssa.tlsconfig import (
+    ClientTLSConfig,
+    Credential,
+    ServerTLSConfig,
+    TLSSessionInfo,
+    subject_line,
+)
+
+AnyTLSConfig = Union[ClientTLSConfig, ServerTLSConfig]
 
 _PROTOCOL_VERSIONS: dict[int, int] = {
     TLS_1_0: SSL.TLS1_VERSION,
@@ -76,10 +96,15 @@ def _verify_callback(
     return bool(ok)
 
 
-def _load_anchors(context: SSL.Context, pem: bytes) -> None:
+def _load_anchors(
+    context: SSL.Context, pem: bytes, *, name_client_cas: bool = False
+) -> None:
     """
     Trust every certificate in C{pem} (and nothing else, unless the system
     store was loaded too).
+
+    @param name_client_cas: also name them in the server's certificate
+        request, so that clients can pick a matching certificate.
     """
     try:
         certificates = x509.load_pem_x509_certificates(pem)
@@ -91,9 +116,11 @@ def _load_anchors(context: SSL.Context, pem: bytes) -> None:
         # X509Store.add_cert takes only pyOpenSSL X509; from_cryptography is
         # the non-deprecated bridge.
         store.add_cert(X509.from_cryptography(certificate))
+        if name_client_cas:
+            context.add_client_ca(certificate)
 
 
-def _version_range(config: ClientTLSConfig) -> tuple[int, int]:
+def _version_range(config: AnyTLSConfig) -> tuple[int, int]:
     """
     The C{TLS_1_x} versions C{config} can really negotiate, lowest first.
     """
@@ -103,14 +130,28 @@ def _version_range(config: ClientTLSConfig) -> tuple[int, int]:
     return config.min_version, config.max_version
 
 
-def build_context(config: ClientTLSConfig) -> SSL.Context:
+def _alpn_names(protocols: tuple[str, ...]) -> list[bytes]:
     """
-    Build the finished client C{Context} for C{config}.
+    The wire names of ALPN C{protocols}.
 
-    @raise TLSFailure: the configuration cannot be used (no cipher allowed,
-        unreadable trust anchors).
+    @raise TLSFailure: a name is empty or longer than 255 bytes.
     """
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    names = [protocol.encode("utf-8") for protocol in protocols]
+    for name, protocol in zip(names, protocols):
+        if not 0 < len(name) < 256:
+            raise TLSFailure(
+                f"invalid TLS configuration: bad ALPN protocol name {protocol!r}"
+            )
+    return names
+
+
+def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
+    """
+    A C{Context} with the versions, ciphers and options of C{config}.
+
+    @raise TLSFailure: no cipher or version allowed, or none known.
+    """
+    context = SSL.Context(method)
     min_version, max_version = _version_range(config)
     for version in (min_version, max_version):
         if version not in _PROTOCOL_VERSIONS:
@@ -131,12 +172,167 @@ def build_context(config: ClientTLSConfig) -> SSL.Context:
             f" ({raw_reason(e)})"
         ) from e
     context.set_options(SSL.OP_NO_COMPRESSION)
+    return context
+
+
+def build_context(config: ClientTLSConfig) -> SSL.Context:
+    """
+    Build the finished client C{Context} for C{config}.
+
+    @raise TLSFailure: the configuration cannot be used (no cipher allowed,
+        unreadable trust anchors, bad ALPN names).
+    """
+    context = _new_context(SSL.TLS_CLIENT_METHOD, config)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback)
     context.set_verify_depth(config.verify_depth)
     if config.use_system_store:
         context.set_default_verify_paths()
     if config.trust_anchors:
         _load_anchors(context, config.trust_anchors)
+    if config.alpn:
+        context.set_alpn_protos(_alpn_names(config.alpn))
+    return context
+
+
+# The private key types OpenSSL keeps a certificate slot for, by name.
+_KEY_TYPES: tuple[tuple[type, str], ...] = (
+    (rsa.RSAPrivateKey, "RSA"),
+    (ec.EllipticCurvePrivateKey, "ECDSA"),
+    (ed25519.Ed25519PrivateKey, "Ed25519"),
+    (ed448.Ed448PrivateKey, "Ed448"),
+    (dsa.DSAPrivateKey, "DSA"),
+)
+
+
+def _key_type(key: object) -> str | None:
+    for cls, name in _KEY_TYPES:
+        if isinstance(key, cls):
+            return name
+    return None
+
+
+def _load_credential(
+    context: SSL.Context, credential: Credential, number: int, seen: dict[str, str]
+) -> list[x509.Certificate]:
+    """
+    Install one certificate and its key on C{context}.
+
+    @param number: the credential's position, counted from 1, for failures.
+    @param seen: the key types installed so far, with their leaf's subject;
+        updated.
+    @return: the chain's intermediates (everything after the leaf).
+    @raise TLSFailure: unreadable PEM, no certificate, an unsupported key, a
+        key type already served, or a key that does not match.
+    """
+    what = f"server credential {number}"
+    if b"-----BEGIN CERTIFICATE-----" not in credential.chain_pem:
+        raise TLSFailure(f"{what}: the certificate chain contains no certificate")
+    try:
+        chain = x509.load_pem_x509_certificates(credential.chain_pem)
+    except ValueError as e:
+        raise TLSFailure(f"{what}: the certificate chain is not valid PEM ({e})") from e
+    leaf = chain[0]
+    subject = subject_line(leaf) or "(empty subject)"
+    try:
+        key = serialization.load_pem_private_key(credential.key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise TLSFailure(
+            f"{what}: the private key for {subject} is not a readable unencrypted"
+            f" PEM key ({e})"
+        ) from e
+    key_type = _key_type(key)
+    if key_type is None:
+        raise TLSFailure(
+            f"{what}: unsupported private key type {type(key).__name__} for {subject}"
+        )
+    mismatch = TLSFailure(
+        f"{what}: the private key does not match the certificate {subject}"
+    )
+    try:
+        if leaf.public_key() != key.public_key():
+            raise mismatch
+    except TypeError:
+        # Public keys of different types may refuse to compare.
+        raise mismatch from None
+    if key_type in seen:
+        raise TLSFailure(
+            f"{what}: a second {key_type} certificate ({subject}; the first is"
+            f" {seen[key_type]}): at most one credential per key type"
+        )
+    try:
+        context.use_certificate(leaf)
+        context.use_privatekey(key)  # type: ignore[arg-type]
+        context.check_privatekey()
+    except SSL.Error as e:
+        raise TLSFailure(
+            f"{what}: OpenSSL refused the certificate {subject} or its key"
+            f" ({raw_reason(e)})"
+        ) from e
+    seen[key_type] = subject
+    return chain[1:]
+
+
+def _alpn_selector(
+    preferences: list[bytes],
+) -> Callable[[SSL.Connection, list[bytes]], object]:
+    """
+    An ALPN select callback choosing the first of C{preferences} (the
+    server's order) that the client offered.
+    """
+
+    def select(connection: SSL.Connection, offered: list[bytes]) -> object:
+        for protocol in preferences:
+            if protocol in offered:
+                return protocol
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+
+    return select
+
+
+def build_server_context(config: ServerTLSConfig) -> SSL.Context:
+    """
+    Build the finished server C{Context} for C{config}.
+
+    Every credential is installed in OpenSSL's slot for its key type, so an
+    RSA and an ECDSA certificate coexist and each client gets one it
+    supports. The intermediates of all credentials go into one context-wide
+    extra chain (C{SSL_CTX_add_extra_chain_cert}): pyOpenSSL does not expose
+    the per-slot C{SSL_CTX_add1_chain_cert}, not even privately, so a
+    client is sent the intermediates of every credential, whichever leaf it
+    gets (clients ignore the ones that do not certify their leaf).
+
+    For TLS 1.2 the server's cipher order (the configuration's) wins.
+
+    @raise TLSFailure: the configuration cannot be used (no credential, a
+        key that does not match its certificate, unreadable PEM, no cipher).
+    """
+    if not config.credentials:
+        raise TLSFailure("invalid TLS configuration: a server needs a certificate")
+    context = _new_context(SSL.TLS_SERVER_METHOD, config)
+    context.set_options(SSL.OP_CIPHER_SERVER_PREFERENCE)
+    seen: dict[str, str] = {}
+    intermediates: list[x509.Certificate] = []
+    for number, credential in enumerate(config.credentials, 1):
+        for certificate in _load_credential(context, credential, number, seen):
+            if certificate not in intermediates:
+                intermediates.append(certificate)
+    for certificate in intermediates:
+        context.add_extra_chain_cert(certificate)
+    if config.require_client_certificate:
+        context.set_verify(
+            SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback
+        )
+        context.set_verify_depth(config.verify_depth)
+        if config.client_anchors is None:
+            context.set_default_verify_paths()
+        else:
+            _load_anchors(context, config.client_anchors, name_client_cas=True)
+    if config.alpn:
+        context.set_alpn_select_callback(_alpn_selector(_alpn_names(config.alpn)))
+    # A session id context makes sessions resumable (OpenSSL refuses to
+    # resume a session that had a verified client certificate without one);
+    # distinct configurations get distinct ones.
+    context.set_session_id(hashlib.sha256(repr(config).encode()).digest()[:32])
     return context
 
 
@@ -167,13 +363,19 @@ class OpenSSLEngine:
     @ivar peer_closed: whether the peer's close_notify has been read.
     """
 
+    _server = False
+
     def __init__(
-        self, context: SSL.Context, config: ClientTLSConfig, server_hostname: str | None
+        self,
+        context: SSL.Context,
+        config: AnyTLSConfig,
+        server_hostname: str | None = None,
     ) -> None:
         """
         @param context: the finished C{Context} for C{config}.
         @param config: the configuration, for the words of failures.
-        @param server_hostname: the name sent as SNI (not for IP literals).
+        @param server_hostname: the name sent as SNI (not for IP literals);
+            clients only.
         """
         self.peer_closed = False
         self._versions = _version_range(config)
@@ -182,6 +384,9 @@ class OpenSSLEngine:
         self._close_sent = False
         self._connection = SSL.Connection(context, None)
         self._connection.set_app_data(self._record)
+        if self._server:
+            self._connection.set_accept_state()
+            return
         self._connection.set_connect_state()
         sni = _sni_name(server_hostname)
         if sni is not None:
@@ -193,8 +398,11 @@ class OpenSSLEngine:
         if there was one.
         """
         if self._record.failure is not None:
-            return TLSFailure(f"certificate verification failed: {self._record.failure}")
-        return TLSFailure(describe_ssl_error(error, stage, *self._versions))
+            whose = "client certificate" if self._server else "certificate"
+            return TLSFailure(f"{whose} verification failed: {self._record.failure}")
+        return TLSFailure(
+            describe_ssl_error(error, stage, *self._versions, server=self._server)
+        )
 
     def receive(self, ciphertext: bytes) -> None:
         """
@@ -294,13 +502,60 @@ class OpenSSLEngine:
         """
         connection = self._connection
         chain = connection.get_peer_cert_chain(as_cryptography=True) or []
-        alpn = connection.get_alpn_proto_negotiated()
         return TLSSessionInfo(
             version=_VERSION_CONSTANTS[connection.get_protocol_version()],
             cipher=connection.get_cipher_name() or "",
             peer_chain=tuple(chain),
-            alpn=alpn.decode("ascii", "replace") if alpn else None,
+            alpn=self._alpn(),
             resumed=False,
+        )
+
+    def _alpn(self) -> str | None:
+        """
+        The negotiated ALPN protocol, or L{None}.
+        """
+        alpn = self._connection.get_alpn_proto_negotiated()
+        return alpn.decode("utf-8", "replace") if alpn else None
+
+
+class OpenSSLServerEngine(OpenSSLEngine):
+    """
+    One server TLS connection over memory BIOs: an L{OpenSSLEngine} in
+    accept state.
+    """
+
+    _server = True
+
+    def __init__(self, context: SSL.Context, config: ServerTLSConfig) -> None:
+        """
+        @param context: the finished server C{Context} for C{config}.
+        @param config: the configuration, for the words of failures.
+        """
+        super().__init__(context, config)
+
+    def session_info(self) -> TLSSessionInfo:
+        """
+        Describe the finished handshake: C{peer_chain} is the client's chain
+        (empty if it sent none), C{server_name} the SNI name it sent.
+
+        C{resumed} is always false (pyOpenSSL has no public
+        C{SSL_session_reused}).
+        """
+        connection = self._connection
+        # On a server, SSL_get_peer_cert_chain leaves out the peer's leaf.
+        leaf = connection.get_peer_certificate(as_cryptography=True)
+        chain: tuple[x509.Certificate, ...] = ()
+        if leaf is not None:
+            rest = connection.get_peer_cert_chain(as_cryptography=True) or []
+            chain = (leaf, *(c for c in rest if c != leaf))
+        name = connection.get_servername()
+        return TLSSessionInfo(
+            version=_VERSION_CONSTANTS[connection.get_protocol_version()],
+            cipher=connection.get_cipher_name() or "",
+            peer_chain=chain,
+            alpn=self._alpn(),
+            resumed=False,
+            server_name=name.decode("ascii", "replace") if name else None,
         )
 
 
@@ -318,15 +573,16 @@ class OpenSSLBackend:
 
     def __init__(self, cache_size: int = 256) -> None:
         """
-        @param cache_size: how many Contexts to keep (least recently used
-            first out).
+        @param cache_size: how many Contexts to keep, client and server
+            together (least recently used first out).
         """
         self._cache_size = cache_size
-        self._contexts: OrderedDict[ClientTLSConfig, SSL.Context] = OrderedDict()
+        self._contexts: OrderedDict[AnyTLSConfig, SSL.Context] = OrderedDict()
 
-    def context_for(self, config: ClientTLSConfig) -> SSL.Context:
+    def context_for(self, config: AnyTLSConfig) -> SSL.Context:
         """
-        The cached C{Context} for C{config}, built on first use.
+        The cached C{Context} for C{config} (client or server), built on
+        first use.
 
         @raise TLSFailure: the configuration cannot be used.
         """
@@ -335,7 +591,11 @@ class OpenSSLBackend:
         if context is not None:
             contexts.move_to_end(config)
             return context
-        context = contexts[config] = build_context(config)
+        if isinstance(config, ServerTLSConfig):
+            context = build_server_context(config)
+        else:
+            context = build_context(config)
+        contexts[config] = context
         while len(contexts) > self._cache_size:
             contexts.popitem(last=False)
         return context
@@ -347,3 +607,11 @@ class OpenSSLBackend:
         Make a client engine; see L{ITLSBackend.client_engine}.
         """
         return OpenSSLEngine(self.context_for(config), config, server_hostname)
+
+    def server_engine(self, config: ServerTLSConfig) -> OpenSSLServerEngine:
+        """
+        Make a server engine; see L{ITLSBackend.server_engine}.
+
+        @raise TLSFailure: the credentials are unusable.
+        """
+        return OpenSSLServerEngine(self.context_for(config), config)

@@ -1,10 +1,21 @@
 """
-Choosing the TLS backend by name.
+Choosing the TLS backend by name, among the backends installed as Twisted
+plugins (L{IBackendChoice} providers in C{twisted.plugins}), the way
+C{twisted.application.reactors} chooses a reactor. A third-party backend
+ships a module in C{twisted/plugins/} holding a L{BackendChoice}.
 """
 
 from __future__ import annotations
 
-from .interfaces import ITLSBackend
+from dataclasses import dataclass
+
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python.reflect import namedAny
+from zope.interface import implementer
+
+from .interfaces import IBackendChoice, ITLSBackend
+
+DEFAULT_BACKEND = "openssl"
 
 
 class NoSuchBackend(KeyError):
@@ -13,12 +24,54 @@ class NoSuchBackend(KeyError):
     """
 
 
+@implementer(IPlugin, IBackendChoice)
+@dataclass(frozen=True)
+class BackendChoice:
+    """
+    An installed backend: its name, and where its class lives.
+
+    @ivar name: what C{--backend} and C{backend:} say.
+    @ivar factory: the dotted name of a callable making an L{ITLSBackend}.
+    @ivar description: one line for people.
+    """
+
+    name: str
+    factory: str
+    description: str
+
+    def load(self) -> ITLSBackend:
+        """
+        Import the backend's module and make the backend.
+        """
+        return namedAny(self.factory)()
+
+
+def available() -> dict[str, IBackendChoice]:
+    """
+    Every installed backend, by name: the built-in ones (always, even where
+    an editable install hides plugin directories from the scan) and every
+    plugin found.
+    """
+    from twisted.plugins import ssa_backends
+
+    choices: dict[str, IBackendChoice] = {
+        c.name: c for c in vars(ssa_backends).values() if isinstance(c, BackendChoice)
+    }
+    choices.update((choice.name, choice) for choice in getPlugins(IBackendChoice))
+    return choices
+
+
 def load_backend(name: str) -> ITLSBackend:
     """
     Make the backend called C{name}; its library is imported only now.
-    """
-    if name == "openssl":
-        from ssa.backends.openssl import OpenSSLBackend
 
-        return OpenSSLBackend()
-    raise NoSuchBackend(f"no TLS backend called {name!r} (installed: openssl)")
+    @raise NoSuchBackend: none of that name is installed.
+    """
+    choices = available()
+    try:
+        choice = choices[name]
+    except KeyError:
+        raise NoSuchBackend(
+            f"no TLS backend called {name!r} (installed: {', '.join(sorted(choices))})"
+        ) from None
+    return choice.load()

@@ -14,7 +14,6 @@ C{ECONNRESET} after the bytes that did arrive.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -22,6 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import descriptors
 from .interfaces import ITLSStreamListener
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
@@ -46,7 +46,7 @@ class PlaintextSide(Protocol):
         """
         The application shut down writing: send close_notify.
         """
-        self.bridge.secure.close_write()
+        self.bridge.application_done_writing()
 
     def writeConnectionLost(self) -> None:
         """
@@ -120,6 +120,7 @@ class Bridge:
         The peer's close_notify: the application reads end-of-file.
         """
         assert self.plaintext is not None
+        self._peer_done_writing()
         self.plaintext.transport.loseWriteConnection()
 
     def tls_connection_lost(self, failure: BaseException | None) -> None:
@@ -132,8 +133,36 @@ class Bridge:
             self.failure = failure
             self._signal_error()
         if self.plaintext is not None and not self._plaintext_gone:
+            self._peer_done_writing()
+            self._application_done_writing_producer()
             self.plaintext.transport.loseConnection()
         self._maybe_end()
+
+    # Flow control ends with each direction: a transport whose producer is
+    # finished must not wait for it before closing.
+
+    def _peer_done_writing(self) -> None:
+        """
+        No more data will come from the peer: the plaintext transport stops
+        treating the TCP transport as its producer.
+        """
+        assert self.plaintext is not None
+        if self.plaintext.transport.producer is not None:
+            self.plaintext.transport.unregisterProducer()
+
+    def _application_done_writing_producer(self) -> None:
+        transport = self.secure.transport
+        if transport is not None and transport.producer is not None:
+            transport.unregisterProducer()
+
+    def application_done_writing(self) -> None:
+        """
+        The application shut down writing: no more plaintext will come;
+        send close_notify.
+        """
+        if not self._secure_gone:
+            self._application_done_writing_producer()
+            self.secure.close_write()
 
     # Plaintext side
 
@@ -143,6 +172,7 @@ class Bridge:
         """
         self._plaintext_gone = True
         if not self._secure_gone:
+            self._application_done_writing_producer()
             self.secure.close()
         self._maybe_end()
 
@@ -154,8 +184,10 @@ class Bridge:
             return
         self._closing = True
         if not self._secure_gone:
+            self._application_done_writing_producer()
             self.secure.close()
         if self.plaintext is not None and not self._plaintext_gone:
+            self._peer_done_writing()
             self.plaintext.transport.loseConnection()
 
     def _signal_error(self) -> None:
@@ -168,24 +200,10 @@ class Bridge:
             return
         self.plaintext.transport.stopReading()
         try:
-            _send_marker(self._app_end)
+            descriptors.send_byte(self._app_end)
         except OSError:
             pass
 
     def _maybe_end(self) -> None:
         if self._secure_gone and self._plaintext_gone:
             self._on_end(self.failure)
-
-
-def _send_marker(fd: int) -> None:
-    """
-    Queue one byte from the application's end towards the daemon's end,
-    without blocking and without changing the descriptor's flags.
-    """
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.send(b"!", socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        pass  # the queue is full: it is not empty either
-    finally:
-        sock.detach()

@@ -294,5 +294,69 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+# ssa check-config
+
+
+def _check_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", metavar="FILE", nargs="?",
+        help="the policy file (default: /etc/ssa/config.yml; if that does not exist, "
+        "the built-in defaults are shown)",
+    )
+    parser.add_argument(
+        "--explain", metavar="PID|EXE",
+        help="say which profile applies to a running process (PID: its executable and "
+        "effective uid/gid from /proc) or to a program run by you (EXE: a path) "
+        "and show the settings it gets",
+    )
+
+
+@command(
+    "check-config",
+    "validate the policy file and show the effective policy",
+    "Check the administrator's policy file the way the daemon does at start-up "
+    "and on SIGHUP, without starting anything. Prints the effective policy, one "
+    "'key: value' per line with the file's key names (profiles follow as "
+    "comments), or the error as FILE:LINE: KEY: reason. Exits 0 if the file is "
+    "valid, 1 if not.",
+    arguments=_check_config_arguments,
+)
+def run_check_config(args: argparse.Namespace) -> int:
+    """
+    C{ssa check-config [FILE] [--explain PID|EXE]}.
+    """
+    from ssa import policyfile, profiles
+    from ssa.peer import PeerIdentity
+
+    out = sys.stdout
+    path = policyfile.DEFAULT_PATH if args.file is None else args.file
+    try:
+        if args.file is None and not os.path.lexists(path):
+            policies = policyfile.PolicySet()
+            print(f"# {path} does not exist: the daemon would use the built-in defaults", file=out)
+        else:
+            policies = policyfile.load_policy(path)
+            print(f"# {path}: valid", file=out)
+    except policyfile.PolicyError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_FAILURE
+    if args.explain is None:
+        lines = policyfile.describe(policies)
+    else:
+        if args.explain.isdigit():
+            try:
+                peer = profiles.read_proc_identity(int(args.explain))
+            except (OSError, KeyError, IndexError, ValueError) as e:
+                print(f"ssa: cannot read process {args.explain}: {getattr(e, 'strerror', None) or e}",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+        else:
+            peer = PeerIdentity(os.getpid(), os.geteuid(), os.getegid(), os.path.abspath(args.explain))
+        lines = policyfile.explain(policies, peer)
+    for line in lines:
+        print(line, file=out)
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -202,6 +202,7 @@ class SSASocket:
         self._connect_attempted = False
         self._hostname_set = False
         self._peer: tuple[Any, ...] | None = None
+        self._sockname: tuple[Any, ...] | None = None
 
     # Attributes
 
@@ -294,7 +295,8 @@ class SSASocket:
                 host = "0.0.0.0" if self._family == AF_INET else "::"
             elif not _is_ip_literal(host):
                 host = self._resolve(host, port)
-        self._call(wire.Op.BIND, wire.encode_address(int(self._family), host, port))
+        reply = self._call(wire.Op.BIND, wire.encode_address(int(self._family), host, port))
+        self._sockname = self._address_tuple(reply)
 
     def connect(self, address: tuple[Any, ...]) -> None:
         """
@@ -349,7 +351,51 @@ class SSASocket:
         """
         Listen for TLS connections (the server role; SPEC section 3).
         """
-        self._call(wire.Op.LISTEN, wire.BACKLOG.pack(backlog))
+        reply = self._call(wire.Op.LISTEN, wire.BACKLOG.pack(backlog))
+        self._sockname = self._address_tuple(reply)
+
+    def accept(self) -> tuple[SSASocket, tuple[Any, ...]]:
+        """
+        Take the oldest connection whose TLS handshake (and client
+        certificate check, if asked) succeeded.
+
+        @return: C{(socket, address)} like C{socket.accept}; the new socket
+            is connected and blocking.
+        @raise BlockingIOError: nonblocking, and none is ready.
+        @raise OSError: C{EINVAL} when not listening.
+        """
+        timeout = self._open().gettimeout()
+        flags = wire.ACCEPT_NONBLOCKING if timeout == 0.0 else 0
+        channel = ControlChannel(self._channel.path)
+        try:
+            code, payload, fds = channel.request(
+                wire.Op.ACCEPT, self._id, wire.ACCEPT_FLAGS.pack(flags), timeout or None
+            )
+            plain = _plaintext_socket(self._channel.path, code, payload, fds)
+            (new_id,) = wire.NEW_SOCKET.unpack_from(payload)
+            peer = self._address_tuple(payload[wire.NEW_SOCKET.size :])
+        except BaseException:
+            channel.close()
+            raise
+        accepted = SSASocket(channel, new_id, plain, self._family, self._type, self._proto)
+        accepted._connect_attempted = True
+        accepted._peer = peer
+        accepted._sockname = self._sockname
+        return accepted, peer
+
+    def getsockname(self) -> tuple[Any, ...]:
+        """
+        The local address of the daemon's network socket, once bound or
+        listening.
+        """
+        self._open()
+        if self._sockname is None:
+            raise OSError(_errno.EINVAL, "the SSA socket is not bound")
+        return self._sockname
+
+    def _address_tuple(self, data: bytes) -> tuple[Any, ...]:
+        (family, host, port), _ = wire.decode_address(data)
+        return (host, port, 0, 0) if family == AF_INET6 else (host, port)
 
     def setsockopt(self, level: int, optname: int, value: int | str | bytes | os.PathLike[str]) -> None:
         """

@@ -90,6 +90,32 @@ class ITLSBackend(Interface):
         @param server_hostname: the name sent as SNI, or L{None} (IP literal).
         """
 
+    def server_engine(config: object) -> ITLSEngine:
+        """
+        Make a server engine for one accepted connection.
+
+        @param config: an L{ssa.tlsconfig.ServerTLSConfig}; as for clients,
+            one library context per distinct config, reused.
+        @raise ssa.errors.TLSFailure: the credentials are unusable (a key
+            that does not match its certificate, bad PEM).
+        """
+
+
+class IBackendChoice(Interface):
+    """
+    A cheap descriptor of an installed backend, found as a Twisted plugin
+    (like Twisted's reactor choices): listing backends imports nothing heavy;
+    L{load} imports the backend's library.
+    """
+
+    name = Attribute("The name chosen by C{--backend} or the policy's C{backend:}.")
+    description = Attribute("One line for people.")
+
+    def load() -> ITLSBackend:
+        """
+        Import the backend and make it.
+        """
+
 
 class ITLSStreamListener(Interface):
     """

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from . import constants as c
+from . import credentials
 from .constants import SocketState
 from .errors import SSAError
 from .tlsconfig import chain_pem, subject_line
@@ -162,6 +163,55 @@ def _version_setter(which: str) -> Callable[[TLSSocket, bytes], None]:
     return setter
 
 
+def _set_chain(sock: TLSSocket, value: bytes) -> None:
+    chain = credentials.parse_chain(value)
+    sock.chains[credentials.key_type(chain[0].public_key())] = chain
+
+
+def _set_private_key(sock: TLSSocket, value: bytes) -> None:
+    key = credentials.parse_private_key(value)
+    slot = credentials.key_type(key.public_key())
+    chain = sock.chains.get(slot)
+    if chain is None:
+        if not sock.chains:
+            raise SSAError(
+                errno.EPROTO, "TLS_PRIVATE_KEY: set TLS_CERTIFICATE_CHAIN before its private key"
+            )
+        held = ", ".join(f"{t} ({credentials.describe(c)})" for t, c in sock.chains.items())
+        raise SSAError(
+            errno.EPROTO,
+            f"TLS_PRIVATE_KEY: the {slot} key matches no certificate chain set on this socket "
+            f"(it holds: {held})",
+        )
+    if not credentials.same_key(chain[0], key):
+        raise SSAError(
+            errno.EPROTO,
+            f"TLS_PRIVATE_KEY: the {slot} key does not match the certificate "
+            f"{credentials.describe(chain)}",
+        )
+    sock.keys[slot] = credentials.key_pem(key)
+
+
+def _set_flag(name: str, attribute: str) -> Callable[[TLSSocket, bytes], None]:
+    def setter(sock: TLSSocket, value: bytes) -> None:
+        number = decode_int(name, value)
+        if number not in (0, 1):
+            raise SSAError(errno.EINVAL, f"{name}: expected 0 or 1, got {number}")
+        setattr(sock, attribute, bool(number))
+
+    return setter
+
+
+def _set_alpn(sock: TLSSocket, value: bytes) -> None:
+    text = decode_text("TLS_ALPN", value)
+    protocols = tuple(p.strip() for p in text.split(","))
+    if not text or any(not p or len(p.encode()) > 255 for p in protocols):
+        raise SSAError(
+            errno.EINVAL, f"TLS_ALPN: {text!r} is not a comma list of protocol names (1-255 bytes each)"
+        )
+    sock.alpn = protocols
+
+
 def _session(sock: TLSSocket):
     assert sock.session is not None
     return sock.session
@@ -211,6 +261,16 @@ RULES: dict[int, OptionRule] = {
     ),
     c.TLS_CHOSEN_VERSION: OptionRule(
         "TLS_CHOSEN_VERSION", NEVER, ESTABLISHED, getter=lambda s: encode_int(_session(s).version)
+    ),
+    c.TLS_CERTIFICATE_CHAIN: OptionRule("TLS_CERTIFICATE_CHAIN", NEW_ONLY, NEVER, _set_chain),
+    c.TLS_PRIVATE_KEY: OptionRule("TLS_PRIVATE_KEY", NEW_ONLY, NEVER, _set_private_key),
+    c.TLS_REQUEST_PEER_AUTH: OptionRule(
+        "TLS_REQUEST_PEER_AUTH", NEW_ONLY, ANY, _set_flag("TLS_REQUEST_PEER_AUTH", "request_peer_auth"),
+        lambda s: encode_int(int(s.request_peer_auth)),
+    ),
+    c.TLS_ALPN: OptionRule(
+        "TLS_ALPN", NEW_ONLY, ESTABLISHED, _set_alpn,
+        lambda s: encode_text(_session(s).alpn or ""),
     ),
 }
 

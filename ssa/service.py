@@ -7,24 +7,26 @@ and bridges. Frontends call it; it never parses a wire format.
 from __future__ import annotations
 
 import errno
-import os
 import secrets
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from . import descriptors
 from .bridge import Bridge, PlaintextSide
 from .connector import INTERNAL_ERROR, ConnectAttempt
 from .constants import version_name
 from .errors import SSAError
 from .interfaces import ISocketAPI, ITLSBackend
+from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
+from .constants import SocketState
 from .sockets import TLSSocket, check_socket_args
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
@@ -53,14 +55,8 @@ class SocketEntry:
     attempt: ConnectAttempt | None = None
     bridge: Bridge | None = None
     waiters: list[Deferred] = field(default_factory=list)
-
-
-def _close_fd(fd: int | None) -> None:
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    listener: Listener | None = None
+    accept_waiters: list[tuple[Deferred, PeerIdentity]] = field(default_factory=list)
 
 
 @implementer(ISocketAPI)
@@ -121,23 +117,62 @@ class SocketService:
         entry = self.entry(socket_id)
         sock = entry.sock
         host, port = sock.check_bind(address)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        net = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            net.bind((host, port))
-        except OSError as e:
-            net.close()
-            raise sock.fail(e.errno or errno.EINVAL, f"bind to {host}:{port} failed: {e.strerror}") from None
-        entry.bound = net
-        bound_host, bound_port = net.getsockname()[:2]
+        entry.bound = _bound_socket(sock, host, port)
+        bound_host, bound_port = entry.bound.getsockname()[:2]
         sock.bound(bound_host, bound_port)
         return bound_host, bound_port
 
-    def listen(self, socket_id: int, backlog: int) -> None:
+    def listen(self, socket_id: int, backlog: int) -> tuple[str, int]:
         """
-        C{listen()}: the server role checks.
+        C{listen()}: listen on the bound address (or an ephemeral port on
+        every address) and run server handshakes for accept().
+
+        @return: the address listened on.
         """
-        self.entry(socket_id).sock.check_listen()
+        entry = self.entry(socket_id)
+        sock = entry.sock
+        config = sock.check_listen()
+        if entry.bound is None:
+            wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
+            entry.bound = _bound_socket(sock, wildcard, 0)
+        listener = Listener(
+            self.reactor, self.backend, config, backlog, sock.policy.handshake_timeout,
+            on_ready=lambda: self._accept_ready(entry),
+            on_unready=lambda: descriptors.take_byte(entry.app_end),
+        )
+        try:
+            host, port = listener.start(entry.bound)
+        except OSError as e:
+            raise sock.fail(e.errno or errno.EINVAL, f"listen failed: {e.strerror}") from None
+        finally:
+            entry.bound = None
+        entry.listener = listener
+        sock.listening(host, port)
+        log.info("listening: {owner} on {host}:{port}", owner=sock.owner.describe(), host=host, port=port)
+        return host, port
+
+    def accept(self, listener_id: int, owner: PeerIdentity, blocking: bool = True) -> Deferred:
+        """
+        C{accept()}: the oldest connection whose handshake succeeded.
+
+        @return: fires with C{(socket, application descriptor)}; for a
+            nonblocking accept with none ready, raises EAGAIN at once.
+        """
+        entry = self.entry(listener_id)
+        sock = entry.sock
+        if sock.owner.uid != owner.uid:
+            raise SSAError(errno.EBADF, f"socket {listener_id:#x} belongs to another user")
+        if sock.state is not SocketState.LISTENING or entry.listener is None:
+            raise sock.fail(errno.EINVAL, "accept: the socket is not listening")
+        pending = entry.listener.take()
+        if pending is not None:
+            descriptors.take_byte(entry.app_end)
+            return succeed(self._deliver(entry, pending, owner))
+        if not blocking:
+            raise SSAError(errno.EAGAIN, "accept: no connection is ready")
+        waiter: Deferred = Deferred()
+        entry.accept_waiters.append((waiter, owner))
+        return waiter
 
     def connect(self, socket_id: int, address: tuple[int, str, int], blocking: bool = True) -> Deferred:
         """
@@ -150,7 +185,7 @@ class SocketService:
         entry = self.entry(socket_id)
         plan = entry.sock.start_connect(address)
         if not blocking:
-            entry.filler = _fill(entry.app_end)
+            entry.filler = descriptors.fill(entry.app_end)
         bind_address = None
         if entry.bound is not None:
             bind_address = entry.sock.bound_address
@@ -199,10 +234,16 @@ class SocketService:
             entry.attempt.cancel()
         if entry.bridge is not None:
             entry.bridge.close()
+        if entry.listener is not None:
+            entry.listener.close()
+            waiters, entry.accept_waiters = entry.accept_waiters, []
+            for waiter, _ in waiters:
+                if not waiter.called:
+                    waiter.errback(SSAError(errno.EBADF, "the listening socket was closed"))
         if entry.bound is not None:
             entry.bound.close()
-        _close_fd(entry.daemon_end)
-        _close_fd(entry.app_end)
+        descriptors.close_quietly(entry.daemon_end)
+        descriptors.close_quietly(entry.app_end)
         entry.daemon_end = None
         entry.app_end = -1
         entry.sock.close()
@@ -220,21 +261,14 @@ class SocketService:
         sock = entry.sock
         entry.attempt = None
         try:
-            daemon_end = entry.daemon_end
-            assert daemon_end is not None
-            _discard(daemon_end, entry.filler)
-            bridge = Bridge(protocol, entry.app_end, lambda failure: self._ended(entry, failure))
-            factory = _PlaintextFactory(bridge)
-            self.reactor.adoptStreamConnection(daemon_end, socket.AF_UNIX, factory)
-            _close_fd(daemon_end)
-            entry.daemon_end = None
-            bridge.attach(factory.built)
+            assert entry.daemon_end is not None
+            descriptors.discard(entry.daemon_end, entry.filler)
+            self._join(entry, protocol)
         except Exception:
             log.failure("could not join {sock} to its connection", sock=sock)
             protocol.transport.abortConnection()
             self._failed(entry, errno.ECANCELED, INTERNAL_ERROR)
             return
-        entry.bridge = bridge
         sock.connect_succeeded(info)
         self.counters["connect_ok"] += 1
         log.info(
@@ -245,14 +279,80 @@ class SocketService:
         )
         self._settle(entry, None)
 
+    def _join(self, entry: SocketEntry, protocol: TLSStreamProtocol) -> Bridge:
+        """
+        Start the bridge between C{protocol} and the socket's plaintext end.
+        """
+        daemon_end = entry.daemon_end
+        assert daemon_end is not None
+        bridge = Bridge(protocol, entry.app_end, lambda failure: self._ended(entry, failure))
+        factory = _PlaintextFactory(bridge)
+        self.reactor.adoptStreamConnection(daemon_end, socket.AF_UNIX, factory)
+        descriptors.close_quietly(daemon_end)
+        entry.daemon_end = None
+        bridge.attach(factory.built)
+        entry.bridge = bridge
+        return bridge
+
+    def _accept_ready(self, entry: SocketEntry) -> None:
+        """
+        A connection is ready: hand it to a waiting accept(), or make the
+        listener's descriptor readable (one byte per ready connection).
+        """
+        listener = entry.listener
+        assert listener is not None
+        while entry.accept_waiters:
+            waiter, owner = entry.accept_waiters.pop(0)
+            if waiter.called:
+                continue
+            pending = listener.take()
+            if pending is None:
+                entry.accept_waiters.insert(0, (waiter, owner))
+                return
+            try:
+                waiter.callback(self._deliver(entry, pending, owner))
+            except SSAError as e:
+                waiter.errback(e)
+            return
+        descriptors.send_byte(entry.daemon_end)
+
+    def _deliver(self, entry: SocketEntry, pending: PendingConnection, owner: PeerIdentity) -> tuple[TLSSocket, int]:
+        """
+        Make a CONNECTED socket of a ready connection.
+        """
+        protocol = pending.protocol
+        assert protocol is not None and pending.session is not None
+        try:
+            sock, app_end = self.open_socket(owner, entry.sock.family, socket.SOCK_STREAM)
+        except SSAError:
+            protocol.transport.abortConnection()
+            raise
+        accepted = self.entries[sock.id]
+        sock.accepted_from(entry.sock, pending.peer, pending.session)
+        bridge = self._join(accepted, protocol)
+        for data in pending.buffered:
+            bridge.tls_data_received(data)
+        if pending.peer_closed:
+            bridge.tls_peer_closed()
+        protocol.transport.resumeProducing()
+        info = pending.session
+        self.counters["accept_ok"] += 1
+        log.info(
+            "accept ok: {owner} from {host}:{port} sni={sni} {version} {cipher} client={client}",
+            owner=owner.describe(), host=pending.peer[0], port=pending.peer[1], sni=info.server_name,
+            version=version_name(info.version), cipher=info.cipher,
+            client=sock.session and sock.session.peer_chain and "certificate" or "none",
+        )
+        return sock, app_end
+
     def _failed(self, entry: SocketEntry, err: int, reason: str) -> None:
         sock = entry.sock
         entry.attempt = None
         failure = sock.connect_failed(err, reason)
         if entry.daemon_end is not None:
             try:
-                _discard(entry.daemon_end, entry.filler)
-                _shutdown(entry.daemon_end)
+                descriptors.discard(entry.daemon_end, entry.filler)
+                descriptors.shut_down(entry.daemon_end)
             except OSError:
                 pass
         self.counters[f"connect_failed_{errno.errorcode.get(err, err)}"] += 1
@@ -290,44 +390,18 @@ class _PlaintextFactory(Factory):
         return self.built
 
 
-def _fill(app_end: int) -> int:
+def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:
     """
-    Fill the application's sending queue so that its descriptor is not
-    writable until the daemon drains it (a nonblocking connect's signal).
+    A TCP socket bound to C{(host, port)}, or the OS's errno as SSAError.
     """
-    sock = socket.socket(fileno=app_end)
-    chunk = bytes(65536)
-    total = 0
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    net = socket.socket(family, socket.SOCK_STREAM)
+    net.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        while True:
-            total += sock.send(chunk, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        pass
-    finally:
-        sock.detach()
-    return total
+        net.bind((host, port))
+    except OSError as e:
+        net.close()
+        raise sock.fail(e.errno or errno.EINVAL, f"bind to {host}:{port} failed: {e.strerror}") from None
+    return net
 
 
-def _discard(daemon_end: int, count: int) -> None:
-    """
-    Read and drop the C{count} filler bytes queued by L{_fill}.
-    """
-    sock = socket.socket(fileno=daemon_end)
-    try:
-        while count > 0:
-            got = sock.recv(min(count, 1 << 20), socket.MSG_DONTWAIT)
-            if not got:
-                break
-            count -= len(got)
-    except BlockingIOError:
-        pass
-    finally:
-        sock.detach()
-
-
-def _shutdown(fd: int) -> None:
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    finally:
-        sock.detach()

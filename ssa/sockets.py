@@ -17,7 +17,9 @@ from .errors import SSAError
 from .options import INT, RULES, OptionRule, is_ip_literal
 from .peer import PeerIdentity
 from .policy import Policy
-from .tlsconfig import ClientTLSConfig, TLSSessionInfo
+from cryptography import x509
+
+from .tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, TLSSessionInfo, chain_pem
 
 S = SocketState
 FAMILIES = {socket.AF_INET: "AF_INET", socket.AF_INET6: "AF_INET6", AF_HOSTNAME: "AF_HOSTNAME"}
@@ -95,6 +97,10 @@ class TLSSocket:
         self.session: TLSSessionInfo | None = None
         self.last_error: str | None = None
         self.pending_error = 0
+        self.chains: dict[str, tuple[x509.Certificate, ...]] = {}
+        self.keys: dict[str, bytes] = {}
+        self.request_peer_auth = False
+        self.alpn: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"<TLSSocket {self.id:#018x} {self.state.value} {self.owner.describe()}>"
@@ -180,16 +186,59 @@ class TLSSocket:
         """
         self.bound_address = (host, port)
 
-    def check_listen(self) -> None:
+    def check_listen(self) -> ServerTLSConfig:
         """
-        Validate C{listen()}: only a NEW socket with a certificate may listen.
+        Validate C{listen()}: only a NEW socket with a certificate and its
+        key may listen.
+
+        @return: the TLS settings its accepted connections will use.
         """
+        if self.state in (S.CONNECTED, S.DISCONNECTED, S.CONNECTING):
+            raise self.fail(errno.EOPNOTSUPP, "listen: the socket is connected or connecting")
         self._check_state(frozenset({S.NEW}), "listen")
-        raise self.fail(
-            errno.EPROTO,
-            "listen: no certificate and private key are available "
-            "(set TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY)",
+        if not self.keys:
+            raise self.fail(
+                errno.EPROTO,
+                "listen: no certificate and private key are available "
+                "(set TLS_CERTIFICATE_CHAIN and TLS_PRIVATE_KEY)",
+            )
+        return self.server_config()
+
+    def listening(self, host: str, port: int) -> None:
+        """
+        The daemon listens: the socket is a listener bound to C{(host, port)}.
+        """
+        self.bound_address = (host, port)
+        self.state = S.LISTENING
+
+    def server_config(self) -> ServerTLSConfig:
+        """
+        The TLS settings of this socket's accepted connections.
+        """
+        policy = self.policy
+        return ServerTLSConfig(
+            credentials=tuple(
+                Credential(chain_pem(self.chains[slot]), key) for slot, key in sorted(self.keys.items())
+            ),
+            min_version=self.version_min,
+            max_version=self.version_max,
+            tls12_ciphers=policy.tls12_ciphers,
+            tls13_ciphers=policy.tls13_ciphers,
+            require_client_certificate=self.request_peer_auth,
+            client_anchors=self.trust_anchors if self.trust_anchors is not None else policy.trust_anchors,
+            verify_depth=policy.verify_depth,
+            alpn=self.alpn,
         )
+
+    def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:
+        """
+        This socket is a connection C{listener} accepted from C{peer}.
+        """
+        self.remote_address = peer
+        self.bound_address = listener.bound_address
+        self.hostname = session.server_name
+        self.request_peer_auth = listener.request_peer_auth
+        self.connect_succeeded(session)
 
     def start_connect(self, address: tuple[int, str, int]) -> ConnectPlan:
         """
@@ -244,6 +293,7 @@ class TLSSocket:
             trust_anchors=anchors,
             use_system_store=system,
             verify_depth=policy.verify_depth,
+            alpn=self.alpn,
         )
 
     def connect_succeeded(self, session: TLSSessionInfo) -> None:

@@ -51,6 +51,47 @@ class ClientTLSConfig:
     trust_anchors: bytes | None = None
     use_system_store: bool = True
     verify_depth: int = 10
+    alpn: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Credential:
+    """
+    One certificate chain and its private key (a server may hold one per
+    key type: RSA, ECDSA, Ed25519).
+
+    @ivar chain_pem: the chain, leaf first, as PEM.
+    @ivar key_pem: the leaf's private key as unencrypted PEM.
+    """
+
+    chain_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class ServerTLSConfig:
+    """
+    Everything a backend needs to build a server TLS context.
+
+    @ivar credentials: the certificates to serve, at most one per key
+        type; the backend serves the one the client supports.
+    @ivar require_client_certificate: demand a client certificate and
+        verify it against C{client_anchors}.
+    @ivar client_anchors: PEM anchors for client certificates, or L{None}
+        for the system store.
+    @ivar alpn: the protocols the server accepts, in its own preference
+        order.
+    """
+
+    credentials: tuple[Credential, ...]
+    min_version: int = TLS_1_2
+    max_version: int = TLS_1_3
+    tls12_ciphers: tuple[str, ...] = DEFAULT_TLS12_CIPHERS
+    tls13_ciphers: tuple[str, ...] = DEFAULT_TLS13_CIPHERS
+    require_client_certificate: bool = False
+    client_anchors: bytes | None = None
+    verify_depth: int = 10
+    alpn: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +104,7 @@ class TLSSessionInfo:
     @ivar peer_chain: the certificates the peer sent, leaf first.
     @ivar alpn: the negotiated application protocol, if any.
     @ivar resumed: whether the handshake resumed a session.
+    @ivar server_name: on a server, the SNI name the client sent.
     """
 
     version: int
@@ -70,6 +112,7 @@ class TLSSessionInfo:
     peer_chain: tuple[x509.Certificate, ...]
     alpn: str | None = None
     resumed: bool = False
+    server_name: str | None = None
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

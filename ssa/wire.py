@@ -34,6 +34,8 @@ CONNECT_FLAGS = struct.Struct("!B")
 CONNECT_NONBLOCKING = 1
 NEW_SOCKET = struct.Struct("!Q")
 BACKLOG = struct.Struct("!i")
+ACCEPT_FLAGS = struct.Struct("!B")
+ACCEPT_NONBLOCKING = 1
 
 
 class Op(enum.IntEnum):

@@ -4,6 +4,7 @@ C{twistd ssa}: options and wiring of the SSA daemon.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import resource
@@ -37,6 +38,8 @@ class Options(usage.Options):
          "Path of the control socket (default: $SSA_SOCKET, /run/ssa/ssa.sock as root, "
          "else $XDG_RUNTIME_DIR/ssa/ssa.sock)."],
         ["backend", "b", None, "TLS backend to use (default: openssl)."],
+        ["connect-timeout", None, None, "Seconds a TCP connect may take (default 15).", float],
+        ["handshake-timeout", None, None, "Seconds a TLS handshake may take (default 30).", float],
     ]
 
     def postOptions(self) -> None:
@@ -111,6 +114,12 @@ def makeService(options: Options, reactor=None, policy: Policy = DEFAULT_POLICY)
     """
     if reactor is None:
         from twisted.internet import reactor
+    overrides = {
+        key: options[flag]
+        for key, flag in [("connect_timeout", "connect-timeout"), ("handshake_timeout", "handshake-timeout")]
+        if options[flag] is not None
+    }
+    policy = dataclasses.replace(policy, **overrides)
     name = options["backend"] or policy.backend
     try:
         backend = load_backend(name)

@@ -1,6 +1,8 @@
 """
-Tests for L{ssa.backends.openssl}: engines driven over real loopback TCP
-against stdlib C{ssl} servers and C{openssl s_server}.
+Tests for L{ssa.backends.openssl}: client engines driven over real loopback
+TCP against stdlib C{ssl} servers and C{openssl s_server}; server engines
+pumped against client engines in memory and driven over TCP against
+C{openssl s_client}.
 """
 
 from __future__ import annotations
@@ -11,21 +13,28 @@ import socket
 import ssl
 import subprocess
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from ssa.backends.openssl import OpenSSLBackend, OpenSSLEngine
+from ssa.backends.openssl import OpenSSLBackend, OpenSSLEngine, OpenSSLServerEngine
 from ssa.constants import TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.interfaces import ITLSBackend, ITLSEngine
-from ssa.tlsconfig import ClientTLSConfig, chain_pem, subject_line
+from ssa.tlsconfig import (
+    ClientTLSConfig,
+    Credential,
+    ServerTLSConfig,
+    TLSSessionInfo,
+    chain_pem,
+    subject_line,
+)
 
 _TIMEOUT = 10.0
 _NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -47,11 +56,14 @@ def _certificate(
     issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
     not_before: datetime.datetime = _NOW - _DAY,
     not_after: datetime.datetime = _NOW + _DAY,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key: Any = None,
+) -> tuple[x509.Certificate, Any]:
     """
-    A CA (no C{issuer}) or a leaf for C{subject} signed by C{issuer}.
+    A CA (no C{issuer}) or a leaf for C{subject} signed by C{issuer}, with a
+    new P-256 key unless C{key} is given.
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))
@@ -79,7 +91,7 @@ def _pem(certificate: x509.Certificate) -> bytes:
     return certificate.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: Any) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -92,6 +104,9 @@ OTHER_CA = _certificate("SSA Other CA")
 LEAF = _certificate("localhost", CA)
 EXPIRED = _certificate("localhost", CA, _NOW - 10 * _DAY, _NOW - 5 * _DAY)
 FOREIGN = _certificate("localhost", OTHER_CA)
+RSA_LEAF = _certificate("localhost", CA, key=rsa.generate_private_key(65537, 2048))
+CLIENT = _certificate("client", CA)
+FOREIGN_CLIENT = _certificate("client", OTHER_CA)
 
 
 def _handshake(sock: socket.socket, engine: OpenSSLEngine) -> None:
@@ -475,3 +490,504 @@ class OpenSSLBackendTests(SynchronousTestCase):
         """
         config = ClientTLSConfig(trust_anchors=b"not a certificate")
         self.assertRaises(TLSFailure, OpenSSLBackend().context_for, config)
+
+
+def _credential(
+    certificate: tuple[x509.Certificate, Any], *intermediates: x509.Certificate
+) -> Credential:
+    return Credential(
+        b"".join(_pem(c) for c in (certificate[0], *intermediates)),
+        _key_pem(certificate[1]),
+    )
+
+
+EC_CREDENTIAL = _credential(LEAF, CA[0])
+RSA_CREDENTIAL = _credential(RSA_LEAF, CA[0])
+
+
+def _pump(client: OpenSSLEngine, server: OpenSSLEngine) -> None:
+    """
+    Move each engine's output into the other until both handshakes are done.
+    """
+    client_done = server_done = False
+    for _ in range(10):
+        if not client_done:
+            client_done = client.do_handshake()
+        data = client.outgoing()
+        if data:
+            server.receive(data)
+        if not server_done:
+            server_done = server.do_handshake()
+        data = server.outgoing()
+        if data:
+            client.receive(data)
+        if client_done and server_done:
+            return
+    raise AssertionError("the handshakes did not finish")
+
+
+def _flush(source: OpenSSLEngine, sink: OpenSSLEngine) -> bytes:
+    """
+    Move C{source}'s output into C{sink}, then read C{sink}'s plaintext.
+    """
+    data = source.outgoing()
+    if data:
+        sink.receive(data)
+    return sink.read()
+
+
+class OpenSSLServerEngineTests(SynchronousTestCase):
+    """
+    L{OpenSSLBackend.server_engine} against L{OpenSSLBackend.client_engine},
+    pumped in memory.
+    """
+
+    def setUp(self) -> None:
+        self.backend = OpenSSLBackend()
+
+    def _pair(
+        self,
+        server: ServerTLSConfig,
+        client: ClientTLSConfig | None = None,
+        server_hostname: str | None = "localhost",
+        client_certificate: tuple[x509.Certificate, Any] | None = None,
+    ) -> tuple[OpenSSLEngine, OpenSSLServerEngine]:
+        client_engine = self.backend.client_engine(
+            client or _trusting(CA[0]), server_hostname
+        )
+        if client_certificate is not None:
+            # ClientTLSConfig has no client credential yet: set one on this
+            # Connection only (the cached Context stays untouched).
+            client_engine._connection.use_certificate(client_certificate[0])
+            client_engine._connection.use_privatekey(client_certificate[1])
+        return client_engine, self.backend.server_engine(server)
+
+    def _connect(
+        self, server: ServerTLSConfig, client: ClientTLSConfig | None = None, **kwargs: Any
+    ) -> tuple[TLSSessionInfo, TLSSessionInfo]:
+        client_engine, server_engine = self._pair(server, client, **kwargs)
+        _pump(client_engine, server_engine)
+        return client_engine.session_info(), server_engine.session_info()
+
+    def test_interfaces(self) -> None:
+        """
+        The backend still provides L{ITLSBackend}; server engines provide
+        L{ITLSEngine}.
+        """
+        self.assertTrue(verifyObject(ITLSBackend, self.backend))
+        engine = self.backend.server_engine(ServerTLSConfig((EC_CREDENTIAL,)))
+        self.assertIsInstance(engine, OpenSSLServerEngine)
+        self.assertTrue(verifyObject(ITLSEngine, engine))
+
+    def test_roundTrip(self) -> None:
+        """
+        A client and a server engine complete a TLS 1.3 handshake, exchange
+        data and close_notify; each side describes the other.
+        """
+        client, server = self._pair(ServerTLSConfig((EC_CREDENTIAL,)))
+        self.assertEqual(server.outgoing(), b"")
+        self.assertFalse(server.do_handshake())
+        _pump(client, server)
+        client.write(b"ping")
+        self.assertEqual(_flush(client, server), b"ping")
+        server.write(b"pong")
+        self.assertEqual(_flush(server, client), b"pong")
+        server.close_notify()
+        self.assertEqual(_flush(server, client), b"")
+        self.assertTrue(client.peer_closed)
+        client.close_notify()
+        self.assertEqual(_flush(client, server), b"")
+        self.assertTrue(server.peer_closed)
+        clientInfo, serverInfo = client.session_info(), server.session_info()
+        self.assertEqual(clientInfo.peer_chain, (LEAF[0], CA[0]))
+        self.assertEqual(
+            serverInfo,
+            TLSSessionInfo(
+                version=TLS_1_3,
+                cipher="TLS_AES_256_GCM_SHA384",
+                peer_chain=(),
+                alpn=None,
+                resumed=False,
+                server_name="localhost",
+            ),
+        )
+        self.assertEqual(clientInfo.cipher, serverInfo.cipher)
+
+    def test_tls12(self) -> None:
+        """
+        TLS 1.2 works, with the server's cipher order.
+        """
+        config = ServerTLSConfig((EC_CREDENTIAL,), max_version=TLS_1_2)
+        client = _trusting(
+            CA[0],
+            tls12_ciphers=("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        )
+        clientInfo, serverInfo = self._connect(config, client)
+        self.assertEqual(
+            (serverInfo.version, serverInfo.cipher),
+            (TLS_1_2, "ECDHE-ECDSA-AES256-GCM-SHA384"),
+        )
+
+    def test_rsaAndEcdsa(self) -> None:
+        """
+        An RSA and an ECDSA credential coexist on one context: a TLS 1.2
+        client that allows only RSA (or only ECDSA) ciphers gets the RSA (or
+        ECDSA) certificate.
+        """
+        config = ServerTLSConfig((RSA_CREDENTIAL, EC_CREDENTIAL))
+        for cipher, keyType, leaf in [
+            ("ECDHE-RSA-AES128-GCM-SHA256", rsa.RSAPublicKey, RSA_LEAF[0]),
+            ("ECDHE-ECDSA-AES128-GCM-SHA256", ec.EllipticCurvePublicKey, LEAF[0]),
+        ]:
+            client = _trusting(CA[0], max_version=TLS_1_2, tls12_ciphers=(cipher,))
+            clientInfo, serverInfo = self._connect(config, client)
+            self.assertEqual(serverInfo.cipher, cipher)
+            self.assertIsInstance(clientInfo.peer_chain[0].public_key(), keyType)
+            self.assertEqual(clientInfo.peer_chain, (leaf, CA[0]))
+        self.assertEqual(len(self.backend._contexts), 3)
+
+    def test_noCertificateForClient(self) -> None:
+        """
+        A client that allows only ciphers for a key type the server has no
+        certificate for fails; the server's reason says so.
+        """
+        client, server = self._pair(
+            ServerTLSConfig((RSA_CREDENTIAL,)),
+            _trusting(
+                CA[0], max_version=TLS_1_2, tls12_ciphers=("ECDHE-ECDSA-AES128-GCM-SHA256",)
+            ),
+        )
+        failure = self.assertRaises(TLSFailure, _pump, client, server)
+        self.assertTrue(
+            failure.reason.startswith(
+                "handshake failed: no allowed cipher suite is usable with the peer"
+                " (or none suits the key types of the server's certificates)"
+            ),
+            failure.reason,
+        )
+
+    def _badConfig(self, *credentials: Credential) -> str:
+        return self.assertRaises(
+            TLSFailure, self.backend.server_engine, ServerTLSConfig(credentials)
+        ).reason
+
+    def test_keyMismatch(self) -> None:
+        """
+        A key that is not the certificate's, of the same or another type, is
+        a L{TLSFailure} naming the certificate; nothing is cached.
+        """
+        for key in (CA[1], RSA_LEAF[1]):
+            reason = self._badConfig(
+                EC_CREDENTIAL, Credential(_pem(FOREIGN[0]), _key_pem(key))
+            )
+            self.assertEqual(
+                reason,
+                "server credential 2: the private key does not match the"
+                " certificate /C=US/O=SSA Tests/CN=localhost",
+            )
+        self.assertEqual(len(self.backend._contexts), 0)
+
+    def test_badPEM(self) -> None:
+        """
+        Unreadable PEM, a chain without a certificate, a second credential
+        of one key type, or no credential at all are L{TLSFailure}s.
+        """
+        key = _key_pem(LEAF[1])
+        for credentials, start in [
+            ((Credential(b"junk", key),), "server credential 1: the certificate chain"
+             " contains no certificate"),
+            ((Credential(key, key),), "server credential 1: the certificate chain"
+             " contains no certificate"),
+            ((Credential(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                         key),),
+             "server credential 1: the certificate chain is not valid PEM ("),
+            ((Credential(_pem(LEAF[0]), b"junk"),),
+             "server credential 1: the private key for /C=US/O=SSA Tests/CN=localhost"
+             " is not a readable unencrypted PEM key ("),
+            ((EC_CREDENTIAL, _credential(FOREIGN)),
+             "server credential 2: a second ECDSA certificate"),
+            ((), "invalid TLS configuration: a server needs a certificate"),
+        ]:
+            reason = self._badConfig(*credentials)
+            self.assertTrue(reason.startswith(start), reason)
+
+    def _required(self, **kwargs: Any) -> ServerTLSConfig:
+        return ServerTLSConfig(
+            (EC_CREDENTIAL,),
+            require_client_certificate=True,
+            client_anchors=_pem(CA[0]),
+            **kwargs,
+        )
+
+    def test_clientCertificateMissing(self) -> None:
+        """
+        When a client certificate is required and none is sent, the server's
+        handshake fails with that reason, at TLS 1.3 and 1.2; the TLS 1.3
+        client learns it from the alert.
+        """
+        for version in (TLS_1_3, TLS_1_2):
+            client, server = self._pair(self._required(max_version=version))
+            failure = self.assertRaises(TLSFailure, _pump, client, server)
+            self.assertEqual(
+                failure.reason,
+                "handshake failed: the client sent no certificate (one is required)"
+                " (peer did not return a certificate)",
+            )
+            if version == TLS_1_3:
+                clientFailure = self.assertRaises(TLSFailure, _flush, server, client)
+                self.assertIn("alert certificate_required", clientFailure.reason)
+
+    def test_clientCertificateTrusted(self) -> None:
+        """
+        A client certificate from a trusted CA is accepted; the server's
+        session info carries the client's chain.
+        """
+        for version in (TLS_1_3, TLS_1_2):
+            clientInfo, serverInfo = self._connect(
+                self._required(max_version=version), client_certificate=CLIENT
+            )
+            self.assertEqual(serverInfo.version, version)
+            self.assertEqual(serverInfo.peer_certificate, CLIENT[0])
+            self.assertEqual(serverInfo.peer_chain[1:], (CA[0],))
+
+    def test_clientCertificateUntrusted(self) -> None:
+        """
+        A client certificate from another CA fails with the failed check.
+        """
+        client, server = self._pair(self._required(), client_certificate=FOREIGN_CLIENT)
+        failure = self.assertRaises(TLSFailure, _pump, client, server)
+        self.assertEqual(
+            failure.reason,
+            "client certificate verification failed: unable to get local issuer"
+            " certificate (depth 0, subject /C=US/O=SSA Tests/CN=client)",
+        )
+
+    def test_clientCertificateOptional(self) -> None:
+        """
+        Without require_client_certificate none is asked for.
+        """
+        clientInfo, serverInfo = self._connect(
+            ServerTLSConfig((EC_CREDENTIAL,)), client_certificate=CLIENT
+        )
+        self.assertEqual(serverInfo.peer_chain, ())
+
+    def test_alpnServerPreference(self) -> None:
+        """
+        The server picks its own first choice among the client's offers.
+        """
+        clientInfo, serverInfo = self._connect(
+            ServerTLSConfig((EC_CREDENTIAL,), alpn=("http/1.1", "h2")),
+            _trusting(CA[0], alpn=("h2", "http/1.1")),
+        )
+        self.assertEqual((clientInfo.alpn, serverInfo.alpn), ("http/1.1", "http/1.1"))
+        clientInfo, serverInfo = self._connect(
+            ServerTLSConfig((EC_CREDENTIAL,), alpn=("spdy/3", "h2", "http/1.1")),
+            _trusting(CA[0], alpn=("http/1.1", "h2")),
+        )
+        self.assertEqual((clientInfo.alpn, serverInfo.alpn), ("h2", "h2"))
+
+    def test_alpnNoOverlap(self) -> None:
+        """
+        Without a common protocol, or when only one side has ALPN, the
+        handshake succeeds without ALPN.
+        """
+        for serverAlpn, clientAlpn in [(("h2",), ("http/1.1",)), (("h2",), ()), ((), ("h2",))]:
+            clientInfo, serverInfo = self._connect(
+                ServerTLSConfig((EC_CREDENTIAL,), alpn=serverAlpn),
+                _trusting(CA[0], alpn=clientAlpn),
+            )
+            self.assertEqual((clientInfo.alpn, serverInfo.alpn), (None, None))
+
+    def test_badAlpn(self) -> None:
+        """
+        An empty ALPN name is a L{TLSFailure}.
+        """
+        self.assertRaises(
+            TLSFailure, self.backend.server_engine, ServerTLSConfig((EC_CREDENTIAL,), alpn=("",))
+        )
+        self.assertRaises(
+            TLSFailure, self.backend.client_engine, _trusting(CA[0], alpn=("",)), "localhost"
+        )
+
+    def test_serverName(self) -> None:
+        """
+        The server reports the SNI name the client sent, L{None} without.
+        """
+        config = ServerTLSConfig((EC_CREDENTIAL,))
+        for hostname, expected in [("LocalHost", "LocalHost"), ("127.0.0.1", None)]:
+            client = ClientTLSConfig(use_system_store=False)
+            client_engine, server_engine = self._pair(config, client, server_hostname=hostname)
+            # The client fails verification (nothing is trusted); the server
+            # has read the ClientHello by then.
+            self.assertRaises(TLSFailure, _pump, client_engine, server_engine)
+            self.assertEqual(server_engine._connection.get_servername(),
+                             expected and expected.encode())
+        clientInfo, serverInfo = self._connect(config, server_hostname="localhost.")
+        self.assertEqual(serverInfo.server_name, "localhost")
+
+    def test_contextCache(self) -> None:
+        """
+        Equal server configurations share one Context, in the same bounded
+        cache as client ones.
+        """
+        backend = OpenSSLBackend(cache_size=2)
+        config = ServerTLSConfig((EC_CREDENTIAL,))
+        context = backend.context_for(config)
+        self.assertIs(backend.context_for(ServerTLSConfig((EC_CREDENTIAL,))), context)
+        self.assertIs(backend.server_engine(config)._connection.get_context(), context)
+        backend.context_for(_trusting(CA[0]))
+        backend.context_for(ServerTLSConfig((RSA_CREDENTIAL,)))
+        self.assertNotIn(config, backend._contexts)
+
+
+class _EngineServer:
+    """
+    A server engine serving one connection accepted on 127.0.0.1, in a
+    thread: handshake, send a greeting, read one line, then close_notify.
+    """
+
+    def __init__(self, test: SynchronousTestCase, engine: OpenSSLServerEngine) -> None:
+        self.engine = engine
+        self.info: TLSSessionInfo | None = None
+        self.received = b""
+        self.errors: list[BaseException] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(_TIMEOUT)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        test.addCleanup(self.listener.close)
+        test.addCleanup(self.thread.join, _TIMEOUT)
+
+    def _serve(self) -> None:
+        try:
+            raw, _ = self.listener.accept()
+            with raw:
+                raw.settimeout(_TIMEOUT)
+                _handshake(raw, self.engine)
+                self.info = self.engine.session_info()
+                self.engine.write(b"hello from ssa\n")
+                raw.sendall(self.engine.outgoing())
+                while not self.received.endswith(b"\n"):
+                    data = _read(raw, self.engine, 1)
+                    if not data:
+                        break
+                    self.received += data
+                self.engine.close_notify()
+                raw.sendall(self.engine.outgoing())
+        except BaseException as e:
+            self.errors.append(e)
+
+
+class SClientTests(SynchronousTestCase):
+    """
+    A server engine over a real TCP socket against C{openssl s_client}.
+    """
+
+    def setUp(self) -> None:
+        self.openssl = shutil.which("openssl")
+        if self.openssl is None:
+            raise self.skipTest("no openssl command")
+        self.backend = OpenSSLBackend()
+
+    def _file(self, data: bytes) -> str:
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def _sClient(self, config: ServerTLSConfig, *arguments: str) -> tuple[_EngineServer, str]:
+        server = _EngineServer(self, self.backend.server_engine(config))
+        assert self.openssl is not None
+        process = subprocess.run(
+            [self.openssl, "s_client", "-connect", f"127.0.0.1:{server.port}",
+             "-servername", "ssa.example", "-alpn", "h2,http/1.1",
+             "-CAfile", self._file(_pem(CA[0])), "-verify_return_error", "-ign_eof",
+             *arguments],
+            input=b"ping\n", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            timeout=_TIMEOUT,
+        )
+        server.thread.join(_TIMEOUT)
+        return server, process.stdout.decode("utf-8", "replace")
+
+    def test_clientCertificate(self) -> None:
+        """
+        s_client with a trusted certificate: the server verifies it and
+        reports it, the SNI name and its own ALPN choice; data goes both ways.
+        """
+        config = ServerTLSConfig(
+            (RSA_CREDENTIAL, EC_CREDENTIAL),
+            require_client_certificate=True,
+            client_anchors=_pem(CA[0]),
+            alpn=("http/1.1", "h2"),
+        )
+        server, output = self._sClient(
+            config,
+            "-cert", self._file(_pem(CLIENT[0])),
+            "-key", self._file(_key_pem(CLIENT[1])),
+        )
+        self.assertEqual(server.errors, [])
+        self.assertIn("ALPN protocol: http/1.1", output)
+        self.assertIn("Verify return code: 0 (ok)", output)
+        self.assertIn("hello from ssa", output)
+        self.assertEqual(server.received, b"ping\n")
+        info = server.info
+        assert info is not None
+        self.assertEqual(
+            (info.version, info.server_name, info.alpn),
+            (TLS_1_3, "ssa.example", "http/1.1"),
+        )
+        self.assertEqual(info.peer_certificate, CLIENT[0])
+
+    def test_noClientCertificate(self) -> None:
+        """
+        s_client without a certificate, when one is required: the server's
+        handshake fails with that reason and s_client sees the alert.
+        """
+        server, output = self._sClient(
+            ServerTLSConfig(
+                (EC_CREDENTIAL,), require_client_certificate=True,
+                client_anchors=_pem(CA[0]),
+            )
+        )
+        self.assertEqual(len(server.errors), 1, server.errors)
+        error = server.errors[0]
+        self.assertIsInstance(error, TLSFailure)
+        self.assertIn("the client sent no certificate (one is required)", str(error))
+        self.assertIn("alert certificate required", output)
+
+    def test_tls13CertificateChoice(self) -> None:
+        """
+        At TLS 1.3 the certificate follows the client's signature algorithms:
+        RSA-PSS only gets the RSA certificate, ECDSA only the ECDSA one.
+        """
+        config = ServerTLSConfig((EC_CREDENTIAL, RSA_CREDENTIAL))
+        for sigalgs, keyType in [
+            ("rsa_pss_rsae_sha256", rsa.RSAPublicKey),
+            ("ecdsa_secp256r1_sha256", ec.EllipticCurvePublicKey),
+        ]:
+            server, output = self._sClient(config, "-sigalgs", sigalgs)
+            self.assertEqual(server.errors, [])
+            start = output.index("-----BEGIN CERTIFICATE-----")
+            certificate = x509.load_pem_x509_certificate(output[start:].encode())
+            self.assertIsInstance(certificate.public_key(), keyType)
+            self.assertIn("Verify return code: 0 (ok)", output)
+            self.assertIsNone(server.info.alpn if server.info else "no info")
+
+    def test_resumption(self) -> None:
+        """
+        The server context has a session id context, so a client can resume
+        its session, even one with a verified client certificate.
+        """
+        config = ServerTLSConfig(
+            (EC_CREDENTIAL,), require_client_certificate=True, client_anchors=_pem(CA[0])
+        )
+        session = self.mktemp()
+        credentials = ("-cert", self._file(_pem(CLIENT[0])),
+                       "-key", self._file(_key_pem(CLIENT[1])))
+        server, output = self._sClient(config, *credentials, "-sess_out", session)
+        self.assertEqual(server.errors, [])
+        self.assertIn("New, TLSv1.3", output)
+        server, output = self._sClient(config, *credentials, "-sess_in", session)
+        self.assertEqual(server.errors, [])
+        self.assertIn("Reused, TLSv1.3", output)

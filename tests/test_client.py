@@ -195,6 +195,8 @@ class FakeDaemon:
             return scripted(frame) if callable(scripted) else scripted
         if frame.op == Op.SOCKET:
             return self._new_socket()
+        if frame.op == Op.BIND:
+            return Reply(payload=frame.body)
         return Reply()
 
     def _new_socket(self) -> Reply:

@@ -14,6 +14,7 @@ import errno
 import os
 import struct
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -45,6 +46,7 @@ class ControlProtocol(Protocol):
         self.sockets: set[int] = set()
         self.peer: PeerIdentity | None = None
         self._open = False
+        self._waiting: set[Deferred] = set()
 
     def connectionMade(self) -> None:
         """
@@ -84,6 +86,8 @@ class ControlProtocol(Protocol):
         The application closed (or died): close its sockets.
         """
         self._open = False
+        for waiting in list(self._waiting):
+            waiting.cancel()
         for socket_id in self.sockets:
             self.service.close(socket_id)
         self.sockets.clear()
@@ -97,7 +101,7 @@ class ControlProtocol(Protocol):
                 raise SSAError(errno.EINVAL, f"unknown operation {frame.op}")
             if frame.nfds:
                 raise SSAError(errno.EINVAL, "requests carry no descriptors in wire version 1")
-            if frame.op != Op.SOCKET and frame.socket_id not in self.sockets:
+            if frame.op not in (Op.SOCKET, Op.ACCEPT) and frame.socket_id not in self.sockets:
                 raise SSAError(
                     errno.EBADF,
                     f"socket {frame.socket_id:#x} is not known to the daemon on this connection",
@@ -121,8 +125,8 @@ class ControlProtocol(Protocol):
 
     def _bind(self, frame: Frame) -> None:
         address, _ = wire.decode_address(frame.body)
-        self.service.bind(frame.socket_id, address)
-        self._reply(frame, 0)
+        host, port = self.service.bind(frame.socket_id, address)
+        self._reply(frame, 0, wire.encode_address(address[0], host, port))
 
     def _connect(self, frame: Frame) -> None:
         (flags,) = wire.CONNECT_FLAGS.unpack_from(frame.body)
@@ -158,8 +162,38 @@ class ControlProtocol(Protocol):
 
     def _listen(self, frame: Frame) -> None:
         (backlog,) = wire.BACKLOG.unpack_from(frame.body)
-        self.service.listen(frame.socket_id, backlog)
-        self._reply(frame, 0)
+        host, port = self.service.listen(frame.socket_id, backlog)
+        family = self.service.entry(frame.socket_id).sock.family
+        self._reply(frame, 0, wire.encode_address(family, host, port))
+
+    def _accept(self, frame: Frame) -> None:
+        (flags,) = wire.ACCEPT_FLAGS.unpack_from(frame.body)
+        assert self.peer is not None
+        done = self.service.accept(frame.socket_id, self.peer, not flags & wire.ACCEPT_NONBLOCKING)
+        self._waiting.add(done)
+
+        def delivered(result: tuple) -> None:
+            self._waiting.discard(done)
+            sock, app_end = result
+            if not self._open:
+                self.service.close(sock.id)
+                return
+            self.sockets.add(sock.id)
+            host, port = sock.remote_address
+            self.transport.sendFileDescriptor(app_end)
+            body = wire.NEW_SOCKET.pack(sock.id) + wire.encode_address(sock.family, host, port)
+            self._send(wire.encode_reply(frame, 0, body, nfds=1))
+
+        def failed(failure: Failure) -> None:
+            self._waiting.discard(done)
+            error = failure.value
+            if isinstance(error, SSAError):
+                self._reply(frame, error.errno, error.reason.encode("utf-8"))
+            elif not failure.check(CancelledError):
+                log.failure("internal error accepting for {peer}", failure, peer=self._who())
+                self._reply(frame, errno.ECANCELED, INTERNAL_ERROR.encode())
+
+        done.addCallbacks(delivered, failed)
 
     def _close(self, frame: Frame) -> None:
         self.sockets.discard(frame.socket_id)
@@ -186,6 +220,7 @@ _HANDLERS = {
     Op.SETSOCKOPT: ControlProtocol._setsockopt,
     Op.GETSOCKOPT: ControlProtocol._getsockopt,
     Op.LISTEN: ControlProtocol._listen,
+    Op.ACCEPT: ControlProtocol._accept,
     Op.CLOSE: ControlProtocol._close,
 }
 

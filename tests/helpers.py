@@ -1,0 +1,78 @@
+"""
+Shared pieces of the end-to-end tests: a real daemon per test, real peers,
+certificates made at run time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ssa import client
+from ssa.testing.certs import CertificateAuthority, CertifiedKey
+from ssa.testing.daemon import DaemonProcess
+
+
+def digest(data: bytes) -> str:
+    """
+    A SHA-256 hex digest.
+    """
+    return hashlib.sha256(data).hexdigest()
+
+
+class DaemonTestCase(SynchronousTestCase):
+    """
+    Each test gets a fresh daemon process, a test CA and a localhost
+    server certificate.
+    """
+
+    daemon_args: list[str] = []
+
+    def setUp(self) -> None:
+        self.daemon = DaemonProcess(list(self.daemon_args)).start()
+        self.addCleanup(self.daemon.stop)
+        self.ca = CertificateAuthority.create()
+        self.server_key = self.ca.issue_server("localhost", "127.0.0.1", "::1")
+        self.tmp = tempfile.mkdtemp(prefix="ssa-test-")
+
+    def tls_socket(self, family: int = socket.AF_INET, nonblocking: bool = False) -> client.SSASocket:
+        """
+        A new SSA socket through this test's daemon, closed at cleanup.
+        """
+        type_ = socket.SOCK_STREAM | (socket.SOCK_NONBLOCK if nonblocking else 0)
+        sock = client.socket(family, type_, client.IPPROTO_TLS, path=self.daemon.socket_path)
+        self.addCleanup(sock.close)
+        return sock
+
+    def trusting_socket(
+        self, hostname: str | None = "localhost", ca: CertificateAuthority | None = None,
+        family: int = socket.AF_INET, nonblocking: bool = False,
+    ) -> client.SSASocket:
+        """
+        A socket that trusts C{ca} (this test's CA by default) and names
+        C{hostname}.
+        """
+        sock = self.tls_socket(family, nonblocking)
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_TRUSTED_PEER_CERTIFICATES, (ca or self.ca).cert_pem())
+        if hostname is not None:
+            sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, hostname)
+        return sock
+
+    def assertConnectFails(self, sock: client.SSASocket, address: tuple, err: int, *words: str) -> str:
+        """
+        Assert that connecting fails with C{err}, and that the message and
+        C{TLS_ERROR} both contain each of C{words}; return the reason.
+        """
+        failure = self.assertRaises(OSError, sock.connect, address)
+        self.assertEqual(failure.errno, err, str(failure))
+        reason = sock.getsockopt(client.IPPROTO_TLS, client.TLS_ERROR, 4096).rstrip(b"\0").decode()
+        for word in words:
+            self.assertIn(word, reason)
+            self.assertIn(word, str(failure))
+        return reason
+
+
+__all__ = ["DaemonTestCase", "digest", "CertificateAuthority", "CertifiedKey"]

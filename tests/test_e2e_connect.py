@@ -1,0 +1,368 @@
+"""
+End to end, the client role: a real daemon process, real peers on
+loopback, certificates made at run time (issue: daemon core).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import struct
+import threading
+import time
+import datetime
+
+from ssa import client
+from ssa.testing.certs import CertificateAuthority
+from ssa.testing.peers import (
+    OpenSSLServer,
+    StdlibTLSServer,
+    echo_handler,
+    free_port,
+    pseudo_random_bytes,
+)
+
+from .helpers import DaemonTestCase, digest
+
+TLS = client.IPPROTO_TLS
+MIB = 1 << 20
+
+
+def recv_exactly(sock, size: int) -> bytes:
+    """
+    Read exactly C{size} bytes.
+    """
+    chunks, got = [], 0
+    while got < size:
+        chunk = sock.recv(min(size - got, 1 << 18))
+        if not chunk:
+            raise AssertionError(f"EOF after {got} of {size} bytes")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_until_eof(sock) -> bytes:
+    """
+    Read until end-of-file.
+    """
+    chunks = []
+    while True:
+        chunk = sock.recv(1 << 18)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+class ConnectTests(DaemonTestCase):
+    """
+    Successful connections and what they report.
+    """
+
+    def test_openssl_server_info_and_data(self) -> None:
+        """
+        Through the daemon to C{openssl s_server}: data both ways and the
+        negotiated values are real.
+        """
+        with OpenSSLServer(self.server_key, extra_args=["-naccept", "1", "-quiet"]) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_3)
+            self.assertIn(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).rstrip(b"\0").decode(),
+                          {"TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256", "TLS_CHACHA20_POLY1305_SHA256"})
+            identity = sock.getsockopt(TLS, client.TLS_PEER_IDENTITY, 512).rstrip(b"\0").decode()
+            self.assertTrue(identity.startswith("/"), identity)
+            self.assertIn("CN=localhost", identity)
+            chain = sock.getsockopt(TLS, client.TLS_PEER_CERTIFICATE_CHAIN, 65536).rstrip(b"\0")
+            self.assertIn(self.server_key.cert_pem().strip(), chain)
+            sock.sendall(b"ping\n")
+            server.stdin.write(b"pong\n")
+            server.stdin.flush()
+            self.assertEqual(recv_exactly(sock, 5), b"pong\n")
+            deadline = time.monotonic() + 10
+            while server.output() != b"ping\n" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.assertEqual(server.output(), b"ping\n")
+
+    def test_tls12_when_capped(self) -> None:
+        """
+        TLS_VERSION_MAX 2 negotiates TLS 1.2 with an ECDHE AEAD cipher.
+        """
+        with OpenSSLServer(self.server_key, extra_args=["-naccept", "1", "-quiet"]) as server:
+            sock = self.trusting_socket()
+            sock.setsockopt(TLS, client.TLS_VERSION_MAX, client.TLS_1_2)
+            sock.connect(("127.0.0.1", server.port))
+            self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_2)
+            self.assertTrue(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).startswith(b"ECDHE-"))
+
+    def test_ip_literal_and_ipv6(self) -> None:
+        """
+        With no TLS_HOSTNAME an IP literal is verified against the IP SAN;
+        IPv6 works the same way.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket(hostname=None)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"over v4")
+            self.assertEqual(recv_exactly(sock, 7), b"over v4")
+        with StdlibTLSServer(self.server_key, echo_handler, host="::1") as server:
+            sock = self.trusting_socket(hostname=None, family=socket.AF_INET6)
+            sock.connect(("::1", server.port))
+            sock.sendall(b"over v6")
+            self.assertEqual(recv_exactly(sock, 7), b"over v6")
+
+    def test_16_mib_each_way(self) -> None:
+        """
+        16 MiB to the peer and 16 MiB back, concurrently, checksummed.
+        """
+        received = {}
+
+        def handler(conn) -> None:
+            payload = pseudo_random_bytes(16 * MIB, seed=2)
+            sender = threading.Thread(target=conn.sendall, args=(payload,))
+            sender.start()
+            data = conn.recv_exactly(16 * MIB)
+            sender.join()
+            received["digest"] = digest(data)
+            conn.close()
+
+        outgoing = pseudo_random_bytes(16 * MIB, seed=1)
+        with StdlibTLSServer(self.server_key, handler) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            sender = threading.Thread(target=sock.sendall, args=(outgoing,))
+            sender.start()
+            data = recv_exactly(sock, 16 * MIB)
+            sender.join()
+            self.assertEqual(recv_until_eof(sock), b"")
+            server.wait_for_connections(1)
+        self.assertEqual(digest(data), digest(pseudo_random_bytes(16 * MIB, seed=2)))
+        self.assertEqual(received["digest"], digest(outgoing))
+        self.assertEqual(server.errors, [])
+
+    def test_half_close_from_application(self) -> None:
+        """
+        C{shutdown(SHUT_WR)} reaches the peer as close_notify, and the
+        application still reads what the peer sends afterwards.
+        """
+        def handler(conn) -> None:
+            data = conn.recv_until_eof()
+            conn.sendall(b"after your EOF: " + digest(data).encode())
+            conn.close()
+
+        with StdlibTLSServer(self.server_key, handler) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            sock.sendall(b"x" * 100000)
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_until_eof(sock), b"after your EOF: " + digest(b"x" * 100000).encode())
+            server.wait_for_connections(1)
+        self.assertEqual(server.errors, [])
+
+    def test_half_close_from_peer(self) -> None:
+        """
+        The peer's close_notify is end-of-file for the application, which
+        can still send; the peer receives it.
+        """
+        got = {}
+
+        def handler(conn) -> None:
+            conn.sendall(b"bye")
+            conn.send_close_notify()
+            got["data"] = conn.recv_until_eof()
+
+        with StdlibTLSServer(self.server_key, handler) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            self.assertEqual(recv_until_eof(sock), b"bye")
+            sock.sendall(b"still talking")
+            sock.shutdown(socket.SHUT_WR)
+            server.wait_for_connections(1)
+        self.assertEqual(got["data"], b"still talking")
+        self.assertEqual(server.errors, [])
+
+    def test_truncation_is_an_error(self) -> None:
+        """
+        A TCP close without close_notify reads as ECONNRESET after the
+        bytes that did arrive, and TLS_ERROR says truncation.
+        """
+        def handler(conn) -> None:
+            conn.sendall(b"partial")
+            conn.close_tcp_without_close_notify()
+
+        with StdlibTLSServer(self.server_key, handler) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            self.assertEqual(recv_exactly(sock, 7), b"partial")
+            failure = self.assertRaises(OSError, recv_until_eof, sock)
+            self.assertEqual(failure.errno, errno.ECONNRESET)
+            self.assertIn("close_notify", sock.get_error())
+
+    def test_100_concurrent_connections(self) -> None:
+        """
+        100 connections at once, each echoing its own data intact.
+        """
+        results: dict[int, bool] = {}
+        errors: list[BaseException] = []
+
+        def one(i: int) -> None:
+            try:
+                payload = pseudo_random_bytes(64 * 1024 + i, seed=100 + i)
+                sock = self.trusting_socket()
+                sock.connect(("localhost", server.port))
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                results[i] = digest(recv_until_eof(sock)) == digest(payload)
+            except BaseException as e:
+                errors.append(e)
+
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(100)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        self.assertEqual(errors, [])
+        self.assertEqual(sorted(results), list(range(100)))
+        self.assertTrue(all(results.values()))
+
+
+class FailureTests(DaemonTestCase):
+    """
+    Each failure has its errno and a reason that names the cause.
+    """
+
+    def test_hostname_mismatch(self) -> None:
+        """
+        A certificate for another name → EPROTO naming both names.
+        """
+        with OpenSSLServer(self.ca.issue_server("other.test"), extra_args=["-naccept", "1"]) as server:
+            sock = self.trusting_socket("localhost")
+            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO,
+                                    "hostname mismatch", "other.test", "localhost")
+
+    def test_untrusted_issuer(self) -> None:
+        """
+        A certificate from a CA the socket does not trust → EPROTO.
+        """
+        stranger = CertificateAuthority.create("Stranger CA")
+        with OpenSSLServer(stranger.issue_server("localhost"), extra_args=["-naccept", "1"]) as server:
+            sock = self.trusting_socket()
+            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO,
+                                    "certificate verification failed", "local issuer")
+
+    def test_expired(self) -> None:
+        """
+        An expired certificate → EPROTO saying so, with its depth.
+        """
+        now = datetime.datetime.now(datetime.timezone.utc)
+        expired = self.ca.issue_server(
+            "localhost", not_before=now - datetime.timedelta(days=60),
+            not_after=now - datetime.timedelta(days=1),
+        )
+        with OpenSSLServer(expired, extra_args=["-naccept", "1"]) as server:
+            sock = self.trusting_socket()
+            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO, "expired", "depth 0")
+
+    def test_tls10_only_server(self) -> None:
+        """
+        A server that speaks only TLS 1.0 → EPROTO naming the version range.
+        """
+        args = ["-naccept", "1", "-tls1", "-cipher", "DEFAULT@SECLEVEL=0"]
+        with OpenSSLServer(self.server_key, extra_args=args) as server:
+            sock = self.trusting_socket()
+            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO, "TLS 1.2")
+
+    def test_system_store_does_not_trust_test_ca(self) -> None:
+        """
+        With no anchors of its own, a socket uses the system store, which
+        does not know the test CA.
+        """
+        with OpenSSLServer(self.server_key, extra_args=["-naccept", "1"]) as server:
+            sock = self.tls_socket()
+            sock.setsockopt(TLS, client.TLS_HOSTNAME, "localhost")
+            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO, "certificate verification failed")
+
+    def test_refused(self) -> None:
+        """
+        Nothing listening → ECONNABORTED naming the refusal.
+        """
+        port = free_port()
+        sock = self.trusting_socket()
+        self.assertConnectFails(sock, ("127.0.0.1", port), errno.ECONNABORTED, "refused", str(port))
+
+    def test_connect_errnos(self) -> None:
+        """
+        The seed's connect(2): after success EOPNOTSUPP, after failure
+        EBADFD, listen after connect EOPNOTSUPP (EBADFD after failure), a
+        closed socket EBADF, AF_UNSPEC EAFNOSUPPORT with nothing changed.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            self.assertEqual(sock.connect_ex(("localhost", server.port)), errno.EOPNOTSUPP)
+            self.assertEqual(self.assertRaises(OSError, sock.listen).errno, errno.EOPNOTSUPP)
+        failed = self.trusting_socket()
+        self.assertEqual(failed.connect_ex(("127.0.0.1", free_port())), errno.ECONNABORTED)
+        self.assertEqual(failed.connect_ex(("127.0.0.1", free_port())), errno.EBADFD)
+        self.assertEqual(self.assertRaises(OSError, failed.listen).errno, errno.EBADFD)
+        closed = self.trusting_socket()
+        closed.close()
+        self.assertEqual(closed.connect_ex(("127.0.0.1", 1)), errno.EBADF)
+
+    def test_unknown_socket_is_ebadf(self) -> None:
+        """
+        A request naming a socket the daemon does not know → EBADF.
+        """
+        sock = self.trusting_socket()
+        from ssa import wire
+        code, payload, _ = sock._channel.request(
+            wire.Op.CONNECT, sock.id ^ 1,
+            wire.CONNECT_FLAGS.pack(0) + wire.encode_address(socket.AF_INET, "127.0.0.1", 1),
+        )
+        self.assertEqual(code, errno.EBADF)
+        self.assertIn(b"not known", payload)
+
+
+class NonblockingTests(DaemonTestCase):
+    """
+    Nonblocking connect: EINPROGRESS, EALREADY, then writable.
+    """
+
+    def test_nonblocking_connect(self) -> None:
+        """
+        The descriptor turns writable when connected; SO_ERROR is 0; data
+        flows; a second connect says EOPNOTSUPP.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket(nonblocking=True)
+            fd = sock.fileno()
+            self.assertEqual(sock.connect_ex(("127.0.0.1", server.port)), errno.EINPROGRESS)
+            self.assertEqual(sock.connect_ex(("127.0.0.1", server.port)), errno.EALREADY)
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_WRITE)
+                self.assertTrue(selector.select(10), "the socket never became writable")
+                self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 0)
+                self.assertEqual(sock.fileno(), fd)
+                sock.sendall(b"hello")
+                selector.modify(sock, selectors.EVENT_READ)
+                self.assertTrue(selector.select(10))
+                self.assertEqual(sock.recv(100), b"hello")
+            self.assertEqual(sock.connect_ex(("127.0.0.1", server.port)), errno.EOPNOTSUPP)
+
+    def test_nonblocking_failure(self) -> None:
+        """
+        A failing nonblocking connect also turns writable, and SO_ERROR
+        gives the errno once.
+        """
+        sock = self.trusting_socket(nonblocking=True)
+        self.assertEqual(sock.connect_ex(("127.0.0.1", free_port())), errno.EINPROGRESS)
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)
+            self.assertTrue(selector.select(10))
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), errno.ECONNABORTED)
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 0)
+        self.assertIn("refused", sock.get_error())
+        self.assertEqual(sock.connect_ex(("127.0.0.1", 1)), errno.EBADFD)

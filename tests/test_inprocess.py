@@ -1,0 +1,88 @@
+"""
+The daemon's core on the test's own reactor, for failures that cannot be
+provoked from outside: an internal error must reach the application as
+ECANCELED, be logged, and leave the daemon serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import tempfile
+
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ssa import client
+from ssa.frontends.unix import ControlFactory
+from ssa.interfaces import ISocketAPI, ITLSBackend
+from ssa.policy import Policy
+from ssa.service import SocketService
+
+
+class BackendBug(Exception):
+    """
+    A bug inside a backend.
+    """
+
+
+@implementer(ITLSBackend)
+class BrokenBackend:
+    """
+    A backend that fails inside, as a buggy one would.
+    """
+
+    name = "broken"
+    description = "raises on every connection"
+
+    def client_engine(self, config, server_hostname):
+        """
+        Fail.
+        """
+        raise BackendBug("boom")
+
+
+class InternalFailureTests(TestCase):
+    """
+    ECANCELED for internal failures.
+    """
+
+    @inlineCallbacks
+    def test_internal_error_is_ecanceled(self):
+        """
+        A backend bug fails connect() with ECANCELED and a reason pointing
+        to the log; the traceback is logged; the daemon keeps serving.
+        """
+        path = tempfile.mkdtemp() + "/ssa.sock"
+        service = SocketService(reactor, BrokenBackend(), Policy())
+        verifyObject(ISocketAPI, service)
+        port = reactor.listenUNIX(path, ControlFactory(service))
+        self.addCleanup(port.stopListening)
+        tcp = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
+        self.addCleanup(tcp.stopListening)
+
+        def application() -> tuple[int, str | None, int]:
+            with client.socket(socket.AF_INET, socket.SOCK_STREAM, client.IPPROTO_TLS, path=path) as sock:
+                sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "localhost")
+                err = sock.connect_ex(("127.0.0.1", tcp.getHost().port))
+                reason = sock.get_error()
+            with client.socket(socket.AF_INET, socket.SOCK_STREAM, client.IPPROTO_TLS, path=path) as other:
+                later = other.getsockopt(client.IPPROTO_TLS, client.TLS_VERSION_MIN)
+            return err, reason, later
+
+        err, reason, later = yield deferToThread(application)
+        self.assertEqual(err, errno.ECANCELED)
+        self.assertIn("log", reason)
+        self.assertEqual(later, client.TLS_1_2)
+        self.assertEqual(len(self.flushLoggedErrors(BackendBug)), 1)
+        for _ in range(100):
+            if not service.entries:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(service.entries, {})

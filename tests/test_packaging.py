@@ -1,0 +1,51 @@
+"""
+A regular install exposes C{twistd ssa}, C{ssa.backends} and C{ssa.tap},
+and ships no top-level C{tap} or C{backends} (SPEC section 1).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ssa.testing.daemon import SOURCE_ROOT
+
+
+class PackagingTests(SynchronousTestCase):
+    """
+    Build and install the project the way a user would.
+    """
+
+    def test_regular_install_lists_plugin(self) -> None:
+        """
+        After C{pip install .} into a fresh directory, C{twistd --help} run
+        outside the checkout lists C{ssa}, and the layout is as promised.
+        """
+        target = tempfile.mkdtemp(prefix="ssa-install-")
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+             "--target", target, str(SOURCE_ROOT)],
+            check=True, cwd=target, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        self.assertTrue(os.path.isfile(os.path.join(target, "twisted", "plugins", "ssa_daemon.py")))
+        self.assertFalse(os.path.exists(os.path.join(target, "twisted", "plugins", "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(target, "tap")))
+        self.assertFalse(os.path.exists(os.path.join(target, "backends")))
+        self.assertFalse(os.path.exists(os.path.join(target, "tests")))
+        self.assertTrue(os.path.isfile(os.path.join(target, "ssa", "backends", "openssl.py")))
+        self.assertTrue(os.path.isfile(os.path.join(target, "ssa", "tap", "daemon.py")))
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        env["PYTHONPATH"] = target
+        code = (
+            "import sys; sys.path = [p for p in sys.path if not p.startswith(%r)];"
+            "sys.argv = ['twistd', '--help'];"
+            "from twisted.scripts.twistd import run; run()"
+        ) % str(SOURCE_ROOT)
+        result = subprocess.run([sys.executable, "-c", code], cwd=target, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertIn(" ssa ", result.stdout)
+        self.assertIn("Secure Socket API", result.stdout)
