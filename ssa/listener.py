@@ -131,6 +131,7 @@ class Listener(Factory):
         @return: the address listened on.
         """
         bound.listen(self.backlog)
+        bound.setblocking(False)
         address = bound.getsockname()[:2]
         self.port = self.reactor.adoptStreamPort(bound.fileno(), bound.family, self)
         bound.close()

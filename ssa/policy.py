@@ -213,8 +213,7 @@ def _version(v: Located) -> int:
         return round((v.value - 1.0) * 10)
     if isinstance(v.value, str) and (m := _VERSION_NAME.match(v.value.strip())):
         return int(m.group(1))
-    value = _integer(TLS_1_0, TLS_1_3)(v)
-    return value
+    return _integer(TLS_1_0, TLS_1_3)(v)
 
 
 def _trust_store(v: Located) -> str | None:

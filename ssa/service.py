@@ -7,6 +7,7 @@ and bridges. Frontends call it; it never parses a wire format.
 from __future__ import annotations
 
 import errno
+import os
 import secrets
 import socket
 from collections import Counter
@@ -287,6 +288,7 @@ class SocketService:
         assert daemon_end is not None
         bridge = Bridge(protocol, entry.app_end, lambda failure: self._ended(entry, failure))
         factory = _PlaintextFactory(bridge)
+        os.set_blocking(daemon_end, False)
         self.reactor.adoptStreamConnection(daemon_end, socket.AF_UNIX, factory)
         descriptors.close_quietly(daemon_end)
         entry.daemon_end = None

@@ -10,6 +10,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from ipaddress import ip_address
 from pathlib import Path
@@ -376,12 +377,22 @@ class OpenSSLServerTests(PeerTestCase):
         download = b"Q\n" + pseudo_random_bytes(MIB, 2)
         sock = self.connect(server.address)
         self.assertEqual(sock.version(), "TLSv1.3")
-        writer = threading.Thread(target=sock.sendall, args=(upload,))
-        writer.start()
-        server.stdin.write(download)
-        server.stdin.close()
+        # One direction at a time: an ssl.SSLSocket must not send and
+        # receive in two threads at once.  stdin EOF ends the connection at
+        # once, so the upload has to be complete before stdin is closed.
+        sock.sendall(upload)
+        deadline = time.monotonic() + 10
+        while len(server.output()) < len(upload) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+        def feed() -> None:
+            server.stdin.write(download)
+            server.stdin.close()
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
         received = _recv_until_eof(sock)
-        writer.join()
+        feeder.join()
         sock.close()
         self.assertEqual(server.wait(), 0)
         self.assertEqual(_sha256(received), _sha256(download))
@@ -426,17 +437,22 @@ class OpenSSLServerTests(PeerTestCase):
         self.addCleanup(server.stop)
         error = self.assertRaises(OpenSSLServerError, server.start)
         self.assertIn("no-such-option", str(error))
+        self.assertIn("no-such-option", server.stderr_text())
         self.assertIsNotNone(server.process.returncode)
+        self.assertFalse(Path(server.command[server.command.index("-key") + 1]).exists())
 
     def test_stop_reaps(self) -> None:
         """
-        C{stop} ends the process and removes the key material.
+        C{stop} ends the process and removes the key material; what
+        s_server printed stays available.
         """
         with OpenSSLServer(self.server_key) as server:
             tmp = Path(server.command[server.command.index("-key") + 1]).parent
             self.assertTrue(tmp.exists())
+            self.assertEqual(oct(os.stat(tmp / "server.key").st_mode & 0o777), "0o600")
         self.assertIsNotNone(server.process.returncode)
         self.assertFalse(tmp.exists())
+        self.assertIn(b"ACCEPT", server.output())
 
 
 class StdlibTLSServerTests(PeerTestCase):

@@ -121,9 +121,11 @@ class OpenSSLServer:
         transfer with a checksum works in both directions.  C{-WWW} with a
         random file in C{cwd} is another way: the body follows an
         C{HTTP/1.0 200 ok} header and ends with close_notify.
-      - stdin EOF ends the current connection: with C{-quiet} by sending
-        close_notify (s_server then waits for the client to close); without
-        it by a bare TCP close I{and} s_server exits.  stdin is only read
+      - stdin EOF ends the current connection at once, discarding whatever
+        the client is still sending (so close stdin only once L{output} has
+        everything): with C{-quiet} by sending close_notify (s_server then
+        waits for the client to close); without it by a bare TCP close
+        I{and} s_server exits.  stdin is only read
         while a connection is up, so the default here is a pipe we keep
         open until L{stop}; write to L{stdin} to send data to the client.
       - With C{-quiet} nothing (not even C{ACCEPT}) is printed, and a probe
@@ -152,7 +154,8 @@ class OpenSSLServer:
         @param certified_key: server certificate, chain and key; or give
             C{cert_file} and C{key_file} (and optionally C{chain_file}).
         @param cwd: s_server's working directory (the document root for
-            C{-WWW}); defaults to the temporary directory.
+            C{-WWW}); defaults to the temporary directory, which L{start}
+            creates and L{stop} removes.
         @param stdin: s_server's stdin; the default pipe is closed by
             L{stop}.
         @param stdout: s_server's stdout; C{None} (default) means a file in
@@ -161,31 +164,43 @@ class OpenSSLServer:
         """
         if certified_key is None and (cert_file is None or key_file is None):
             raise TypeError("give certified_key, or cert_file and key_file")
-        self._tmp = Path(tempfile.mkdtemp(prefix="ssa-s_server-"))
-        if certified_key is not None:
-            cert_file = self._tmp / "server.pem"
-            cert_file.write_bytes(certified_key.cert_pem())
-            key_file = self._tmp / "server.key"
-            key_file.touch(mode=0o600)
-            key_file.write_bytes(certified_key.key_pem())
-            if certified_key.chain:
-                chain_file = self._tmp / "server-chain.pem"
-                chain_file.write_bytes(certified_key.intermediates_pem())
-        self._cert_args = ["-cert", str(cert_file), "-key", str(key_file)]
-        if chain_file is not None:
-            self._cert_args += ["-cert_chain", str(chain_file)]
+        self._certified_key = certified_key
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._chain_file = chain_file
         self._extra_args = list(extra_args)
-        self._cwd = Path(cwd) if cwd is not None else self._tmp
+        self._cwd = cwd
         self._stdin_spec = stdin
         self._stdout_spec = stdout
         self._fixed_port = port
         self._openssl = openssl
         self._startup_timeout = startup_timeout
-        self._stdout_path = self._tmp / "stdout"
-        self._stderr_path = self._tmp / "stderr"
+        self._tmp: Path | None = None
+        self._cert_args: list[str] = []
         self._files: list[IO[bytes]] = []
+        self._final_stdout = b""
+        self._final_stderr = ""
         self.process: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+
+    def _prepare(self) -> Path:
+        """Create the temporary directory and write the key material."""
+        tmp = self._tmp = Path(tempfile.mkdtemp(prefix="ssa-s_server-"))
+        cert_file, key_file = self._cert_file, self._key_file
+        chain_file = self._chain_file
+        if self._certified_key is not None:
+            cert_file = tmp / "server.pem"
+            cert_file.write_bytes(self._certified_key.cert_pem())
+            key_file = tmp / "server.key"
+            key_file.touch(mode=0o600)
+            key_file.write_bytes(self._certified_key.key_pem())
+            if self._certified_key.chain:
+                chain_file = tmp / "server-chain.pem"
+                chain_file.write_bytes(self._certified_key.intermediates_pem())
+        self._cert_args = ["-cert", str(cert_file), "-key", str(key_file)]
+        if chain_file is not None:
+            self._cert_args += ["-cert_chain", str(chain_file)]
+        return tmp
 
     @property
     def port(self) -> int:
@@ -211,25 +226,27 @@ class OpenSSLServer:
                 *self._cert_args, *self._extra_args]
 
     def output(self) -> bytes:
-        """What s_server wrote to stdout so far (default C{stdout} only)."""
-        return self._stdout_path.read_bytes() if self._stdout_path.exists() else b""
+        """What s_server wrote to stdout (default C{stdout} only), even after L{stop}."""
+        if self._tmp is None or not (self._tmp / "stdout").exists():
+            return self._final_stdout
+        return (self._tmp / "stdout").read_bytes()
 
     def stderr_text(self) -> str:
-        """What s_server wrote to stderr so far."""
-        if not self._stderr_path.exists():
-            return ""
-        return self._stderr_path.read_text(errors="replace")
+        """What s_server wrote to stderr, even after L{stop}."""
+        if self._tmp is None or not (self._tmp / "stderr").exists():
+            return self._final_stderr
+        return (self._tmp / "stderr").read_text(errors="replace")
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, tmp: Path) -> subprocess.Popen[bytes]:
         stdout: StreamSpec = self._stdout_spec
         if stdout is None:
-            stdout = open(self._stdout_path, "wb")
+            stdout = open(tmp / "stdout", "wb")
             self._files.append(stdout)
-        stderr = open(self._stderr_path, "wb")
+        stderr = open(tmp / "stderr", "wb")
         self._files.append(stderr)
         return subprocess.Popen(
             self.command, stdin=self._stdin_spec, stdout=stdout, stderr=stderr,
-            cwd=self._cwd,
+            cwd=self._cwd if self._cwd is not None else tmp,
         )
 
     def start(self) -> OpenSSLServer:
@@ -237,21 +254,27 @@ class OpenSSLServer:
         Start s_server and wait until it listens; returns C{self}.
 
         @raise OpenSSLServerError: if it exits or is not listening within
-            C{startup_timeout} seconds.
+            C{startup_timeout} seconds (everything is cleaned up first).
         """
-        for _ in range(3):
-            self._port = self._fixed_port or free_port()
-            self.process = process = self._spawn()
-            deadline = time.monotonic() + self._startup_timeout
-            while process.poll() is None and time.monotonic() < deadline:
-                if _is_listening(process.pid, self._port):
-                    return self
-                time.sleep(0.01)
-            self._reap()
-            stderr = self.stderr_text()
-            if self._fixed_port is None and "in use" in stderr:
-                continue
-            break
+        tmp = self._prepare()
+        try:
+            for _ in range(3):
+                self._port = self._fixed_port or free_port()
+                self.process = process = self._spawn(tmp)
+                deadline = time.monotonic() + self._startup_timeout
+                while process.poll() is None and time.monotonic() < deadline:
+                    if _is_listening(process.pid, self._port):
+                        return self
+                    time.sleep(0.01)
+                self._reap()
+                stderr = self.stderr_text()
+                if self._fixed_port is None and "in use" in stderr:
+                    continue
+                break
+        except BaseException:
+            self.stop()
+            raise
+        self.stop()
         raise OpenSSLServerError(
             f"s_server (exit status {process.returncode}) did not start "
             f"listening: {' '.join(self.command)}\n{stderr}"
@@ -289,7 +312,11 @@ class OpenSSLServer:
     def stop(self) -> None:
         """Terminate and reap s_server and remove the temporary directory."""
         self._reap()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmp is not None:
+            self._final_stdout = self.output()
+            self._final_stderr = self.stderr_text()
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def __enter__(self) -> OpenSSLServer:
         """Start the server."""
