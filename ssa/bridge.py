@@ -198,11 +198,12 @@ class Bridge:
         """
         if self.plaintext is None:
             return
-        self.plaintext.transport.stopReading()
-        try:
-            descriptors.send_byte(self._app_end)
-        except OSError:
-            pass
+        transport = self.plaintext.transport
+        transport.stopReading()
+        # Twisted's orderly close calls shutdown() first, which the
+        # application would read as a clean end-of-file before the reset.
+        transport._shouldShutdown = False
+        descriptors.send_byte(self._app_end)
 
     def _maybe_end(self) -> None:
         if self._secure_gone and self._plaintext_gone:

@@ -27,6 +27,7 @@ from .interfaces import ISocketAPI, ITLSBackend
 from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
+from .profiles import PolicySet
 from .constants import SocketState
 from .sockets import TLSSocket, check_socket_args
 from .tlsconfig import TLSSessionInfo
@@ -66,10 +67,16 @@ class SocketService:
     Every live socket of this daemon.
     """
 
-    def __init__(self, reactor, backend: ITLSBackend, policy: Policy) -> None:
+    def __init__(self, reactor, backend: ITLSBackend, policies: PolicySet | Policy) -> None:
+        """
+        @param policies: the administrator's policy: a loaded file (defaults
+            and per-application profiles) or one policy for everybody.
+        """
         self.reactor = reactor
         self.backend = backend
-        self.policy = policy
+        if isinstance(policies, Policy):
+            policies = PolicySet(default=policies)
+        self.policies = policies
         self.entries: dict[int, SocketEntry] = {}
         self._per_process: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()
@@ -94,7 +101,8 @@ class SocketService:
         @return: the socket and the descriptor to hand the application.
         """
         check_socket_args(family, type_, proto)
-        limit = self.policy.max_sockets_per_client
+        policy = self.policies.for_peer(owner)
+        limit = policy.max_sockets_per_client
         if self._per_process[owner.pid] >= limit:
             raise SSAError(
                 errno.EMFILE, f"the policy's max-sockets-per-client ({limit}) is reached"
@@ -103,7 +111,7 @@ class SocketService:
         while socket_id in self.entries:
             socket_id = secrets.randbits(64) or 1
         app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock = TLSSocket(socket_id, family, owner, self.policy)
+        sock = TLSSocket(socket_id, family, owner, policy)
         self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach())
         self._per_process[owner.pid] += 1
         self.counters["sockets_opened"] += 1
@@ -249,6 +257,17 @@ class SocketService:
         entry.app_end = -1
         entry.sock.close()
 
+    def reload(self, policies: PolicySet) -> int:
+        """
+        Adopt a new policy: sockets opened from now on get it; live sockets
+        and connections keep the one they were opened under.
+
+        @return: the new policy generation.
+        """
+        generation = self.policies.default.generation + 1
+        self.policies = policies.with_generation(generation)
+        return generation
+
     def close_all(self) -> None:
         """
         Close every socket (the daemon is stopping).
@@ -273,10 +292,11 @@ class SocketService:
         sock.connect_succeeded(info)
         self.counters["connect_ok"] += 1
         log.info(
-            "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed}",
+            "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
+            "policy={generation}/{profile}",
             owner=sock.owner.describe(), host=sock.remote_address[0], port=sock.remote_address[1],
             sni=sock.hostname, version=version_name(info.version), cipher=info.cipher,
-            resumed=info.resumed,
+            resumed=info.resumed, generation=sock.policy.generation, profile=sock.policy.profile or "default",
         )
         self._settle(entry, None)
 

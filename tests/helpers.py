@@ -30,13 +30,20 @@ class DaemonTestCase(SynchronousTestCase):
     """
 
     daemon_args: list[str] = []
+    backend: str = "openssl"
 
     def setUp(self) -> None:
-        self.daemon = DaemonProcess(list(self.daemon_args)).start()
-        self.addCleanup(self.daemon.stop)
+        self.tmp = tempfile.mkdtemp(prefix="ssa-test-")
         self.ca = CertificateAuthority.create()
         self.server_key = self.ca.issue_server("localhost", "127.0.0.1", "::1")
-        self.tmp = tempfile.mkdtemp(prefix="ssa-test-")
+        self.daemon = DaemonProcess(["--backend", self.backend, *self.daemon_arguments()]).start()
+        self.addCleanup(self.daemon.stop)
+
+    def daemon_arguments(self) -> list[str]:
+        """
+        Extra arguments for this test's daemon (C{setUp} has made C{tmp}).
+        """
+        return list(self.daemon_args)
 
     def tls_socket(self, family: int = socket.AF_INET, nonblocking: bool = False) -> client.SSASocket:
         """
@@ -75,4 +82,21 @@ class DaemonTestCase(SynchronousTestCase):
         return reason
 
 
-__all__ = ["DaemonTestCase", "digest", "CertificateAuthority", "CertifiedKey"]
+BACKENDS = ("openssl", "stdlib")
+
+
+def for_each_backend(namespace: dict, *bases: type) -> None:
+    """
+    Replace each test class in C{bases} by one subclass per backend in
+    C{namespace} (a module's C{globals()}): C{ConnectTests} becomes
+    C{ConnectTests_openssl} and C{ConnectTests_stdlib}, so every
+    end-to-end test runs once per backend without being copied.
+    """
+    for base in bases:
+        del namespace[base.__name__]
+        for backend in BACKENDS:
+            name = f"{base.__name__}_{backend}"
+            namespace[name] = type(name, (base,), {"backend": backend, "__module__": namespace["__name__"]})
+
+
+__all__ = ["DaemonTestCase", "digest", "CertificateAuthority", "CertifiedKey", "BACKENDS", "for_each_backend"]

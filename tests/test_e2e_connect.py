@@ -24,7 +24,7 @@ from ssa.testing.peers import (
     pseudo_random_bytes,
 )
 
-from .helpers import DaemonTestCase, digest
+from .helpers import DaemonTestCase, digest, for_each_backend
 
 TLS = client.IPPROTO_TLS
 MIB = 1 << 20
@@ -264,7 +264,9 @@ class FailureTests(DaemonTestCase):
         )
         with OpenSSLServer(expired, extra_args=["-naccept", "1"]) as server:
             sock = self.trusting_socket()
-            self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO, "expired", "depth 0")
+            reason = self.assertConnectFails(sock, ("127.0.0.1", server.port), errno.EPROTO, "expired")
+            if self.backend == "openssl":
+                self.assertIn("depth 0", reason)
 
     def test_tls10_only_server(self) -> None:
         """
@@ -366,3 +368,6 @@ class NonblockingTests(DaemonTestCase):
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), 0)
         self.assertIn("refused", sock.get_error())
         self.assertEqual(sock.connect_ex(("127.0.0.1", 1)), errno.EBADFD)
+
+
+for_each_backend(globals(), ConnectTests, FailureTests, NonblockingTests)

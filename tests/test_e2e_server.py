@@ -21,7 +21,7 @@ from ssa import client
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.peers import pseudo_random_bytes
 
-from .helpers import DaemonTestCase, digest
+from .helpers import DaemonTestCase, digest, for_each_backend
 
 TLS = client.IPPROTO_TLS
 
@@ -422,3 +422,6 @@ class ServerErrorTests(DaemonTestCase):
             self.assertTrue(selector.select(10))
         listener.close()
         self.assertRaises((ssl.SSLError, OSError, AssertionError), lambda: self.assertNotEqual(tls.recv(10), b""))
+
+
+for_each_backend(globals(), ServerTests, ServerErrorTests)
