@@ -29,6 +29,11 @@ from ssa.tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, subject_
 AnyTLSConfig = Union[ClientTLSConfig, ServerTLSConfig]
 
 
+# Both backends pin OpenSSL's security level rather than inherit how the
+# system's OpenSSL was built: level 2 refuses RSA keys under 2048 bits and
+# SHA-1 signatures, whatever the distribution's default.
+SECURITY_LEVEL = ":@SECLEVEL=2"
+
 def version_range(config: AnyTLSConfig) -> tuple[int, int]:
     """
     The C{TLS_1_x} versions C{config} can really negotiate, lowest first.

@@ -33,6 +33,7 @@ from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from zope.interface import implementer
 
+from ssa.backends._tls_common import SECURITY_LEVEL
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
@@ -164,7 +165,7 @@ def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
         context.set_min_proto_version(_PROTOCOL_VERSIONS[min_version])
         context.set_max_proto_version(_PROTOCOL_VERSIONS[max_version])
         if config.tls12_ciphers:
-            context.set_cipher_list(":".join(config.tls12_ciphers).encode("ascii"))
+            context.set_cipher_list((":".join(config.tls12_ciphers) + SECURITY_LEVEL).encode("ascii"))
         context.set_tls13_ciphersuites(":".join(config.tls13_ciphers).encode("ascii"))
     except SSL.Error as e:
         raise TLSFailure(

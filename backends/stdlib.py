@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from zope.interface import implementer
 
 from ssa.backends._tls_common import (
+    SECURITY_LEVEL,
     AnyTLSConfig,
     alpn_names,
     check_credential,
@@ -72,6 +73,10 @@ from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.interfaces import ITLSBackend, ITLSEngine
 from ssa.tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo, subject_line
+
+# OpenSSL 3.0 words a few verify errors differently from the table the
+# OpenSSL backend uses; say them the same way.
+_SAME_WORDS = {"unsuitable certificate purpose": "unsupported certificate purpose"}
 
 _PROTOCOL_VERSIONS: dict[int, ssl.TLSVersion] = {
     TLS_1_0: ssl.TLSVersion.TLSv1,
@@ -165,7 +170,7 @@ def _new_context(protocol: int, config: AnyTLSConfig) -> ssl.SSLContext:
         context.maximum_version = _PROTOCOL_VERSIONS[max_version]
     if min_version < TLS_1_3:
         try:
-            context.set_ciphers(":".join(config.tls12_ciphers))
+            context.set_ciphers(":".join(config.tls12_ciphers) + SECURITY_LEVEL)
         except ssl.SSLError as e:
             raise TLSFailure(
                 "invalid TLS configuration: no allowed cipher is known to OpenSSL"
@@ -443,6 +448,7 @@ class StdlibEngine:
         if isinstance(error, ssl.SSLCertVerificationError):
             whose = "client certificate" if self._server else "certificate"
             message = error.verify_message or raw_reason(error)
+            message = _SAME_WORDS.get(message, message)
             where = "depth 0" if error.verify_code in _LEAF_ONLY_CODES else "depth unknown"
             return TLSFailure(f"{whose} verification failed: {message} ({where})")
         return TLSFailure(
