@@ -358,5 +358,24 @@ def run_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+@command(
+    "backends",
+    "list the installed TLS backends",
+    "List the TLS backends installed as plugins (built-in and third-party), "
+    "marking the default; choose one with 'twistd ssa --backend NAME' or "
+    "'backend:' in the policy file.",
+)
+def run_backends(args: argparse.Namespace) -> int:
+    """
+    C{ssa backends}.
+    """
+    from ssa.backend_choice import DEFAULT_BACKEND, available
+
+    for name, choice in sorted(available().items()):
+        mark = " (default)" if name == DEFAULT_BACKEND else ""
+        print(f"{name}{mark}: {choice.description}")
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -46,11 +46,18 @@ class DaemonProcess:
         env.update(self._env)
         args = [sys.executable, "-m", "twisted", "--log-file", self.log_path, "--log-format", "text", "ssa",
                 "--socket", self.socket_path, *self._extra_args]
-        self.process = subprocess.Popen(args, env=env, cwd=self._dir, stdin=subprocess.DEVNULL)
+        self.stderr_path = os.path.join(self._dir, "stderr")
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                args, env=env, cwd=self._dir, stdin=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the daemon exited with {self.process.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"the daemon exited with {self.process.returncode}:\n"
+                    f"{Path(self.stderr_path).read_text(errors='replace')}{self.log()}"
+                )
             if self._accepting():
                 return self
             time.sleep(0.05)
