@@ -184,11 +184,22 @@ class Bridge:
             return
         self._closing = True
         if not self._secure_gone:
+            self._forward_unread()
             self._application_done_writing_producer()
             self.secure.close()
         if self.plaintext is not None and not self._plaintext_gone:
             self._peer_done_writing()
             self.plaintext.transport.loseConnection()
+
+    def _forward_unread(self) -> None:
+        """
+        Send what the application wrote before it closed: it is already
+        queued on the daemon's end, though not yet read.
+        """
+        if self.plaintext is None or self._plaintext_gone:
+            return
+        for data in descriptors.drain(self.plaintext.transport.fileno()):
+            self.secure.write(data)
 
     def _signal_error(self) -> None:
         """

@@ -94,6 +94,22 @@ def discard(daemon_end: int, count: int) -> None:
         sock.detach()
 
 
+def drain(fd: int) -> list[bytes]:
+    """
+    Read everything queued on C{fd} now, without blocking.
+    """
+    sock = _borrow(fd)
+    chunks = []
+    try:
+        while chunk := sock.recv(1 << 18, socket.MSG_DONTWAIT):
+            chunks.append(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+    return chunks
+
+
 def shut_down(fd: int) -> None:
     """
     Shut both directions of C{fd}'s socket: the other end reads EOF.

@@ -22,6 +22,7 @@ from ssa.testing.peers import (
     echo_handler,
     free_port,
     pseudo_random_bytes,
+    sink_digest_handler,
 )
 
 from .helpers import DaemonTestCase, digest, for_each_backend
@@ -199,6 +200,23 @@ class ConnectTests(DaemonTestCase):
             failure = self.assertRaises(OSError, recv_until_eof, sock)
             self.assertEqual(failure.errno, errno.ECONNRESET)
             self.assertIn("close_notify", sock.get_error())
+
+    def test_close_right_after_send_loses_nothing(self) -> None:
+        """
+        Bytes written just before close() still reach the peer, followed by
+        close_notify.
+        """
+        sink = sink_digest_handler()
+        payload = pseudo_random_bytes(2 * MIB, seed=7)
+        with StdlibTLSServer(self.server_key, sink) as server:
+            sock = self.trusting_socket()
+            sock.connect(("localhost", server.port))
+            sock.sendall(payload)
+            sock.close()
+            deadline = time.monotonic() + 20
+            while not sink.results and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.assertEqual([(r.nbytes, r.sha256) for r in sink.results], [(len(payload), digest(payload))])
 
     def test_100_concurrent_connections(self) -> None:
         """

@@ -41,10 +41,10 @@ class PackagingTests(SynchronousTestCase):
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = target
         code = (
-            "import sys; sys.path = [p for p in sys.path if not p.startswith(%r)];"
+            "import os, sys; sys.path = [p for p in sys.path if os.path.realpath(p or '.') != %r];"
             "sys.argv = ['twistd', '--help'];"
             "from twisted.scripts.twistd import run; run()"
-        ) % str(SOURCE_ROOT)
+        ) % os.path.realpath(SOURCE_ROOT)
         result = subprocess.run([sys.executable, "-c", code], cwd=target, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.assertIn(" ssa ", result.stdout)
