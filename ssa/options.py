@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from . import constants as c
-from . import credentials
+from . import cipher_names, credentials
 from .constants import SocketState
 from .errors import SSAError
 from .tlsconfig import chain_pem, subject_line
@@ -212,6 +212,74 @@ def _set_alpn(sock: TLSSocket, value: bytes) -> None:
     sock.alpn = protocols
 
 
+def _cipher_name(option: str, value: bytes) -> str:
+    text = decode_text(option, value)
+    name = cipher_names.canonical(text)
+    if name is None:
+        raise SSAError(errno.EINVAL, f"{option}: {text!r} is not a cipher OpenSSL knows")
+    return name
+
+
+def _disable_cipher(sock: TLSSocket, value: bytes) -> None:
+    name = _cipher_name("TLS_DISABLE_CIPHER", value)
+    sock.tls12_ciphers = tuple(c for c in sock.tls12_ciphers if c != name)
+    sock.tls13_ciphers = tuple(c for c in sock.tls13_ciphers if c != name)
+
+
+def _enable_cipher(sock: TLSSocket, value: bytes) -> None:
+    name = _cipher_name("TLS_ENABLE_CIPHER", value)
+    tls13 = name in cipher_names.TLS13_SUITES
+    allowed = sock.policy.tls13_ciphers if tls13 else sock.policy.tls12_ciphers
+    if name not in allowed:
+        key = "tlsv1.3-ciphers" if tls13 else "tlsv1.2-ciphers"
+        raise SSAError(errno.EPROTO, f"TLS_ENABLE_CIPHER: the policy's {key} does not allow {name}")
+    current = sock.tls13_ciphers if tls13 else sock.tls12_ciphers
+    if name not in current:
+        restored = tuple(c for c in allowed if c in current or c == name)
+        if tls13:
+            sock.tls13_ciphers = restored
+        else:
+            sock.tls12_ciphers = restored
+
+
+def _trusted_ciphers(sock: TLSSocket) -> bytes:
+    names: list[str] = []
+    if sock.version_max >= c.TLS_1_3:
+        names += sock.tls13_ciphers
+    if sock.version_min <= c.TLS_1_2:
+        names += sock.tls12_ciphers
+    return encode_text(":".join(names))
+
+
+def _bounded_flag(name: str, attribute: str, policy_attribute: str, key: str) -> Callable[[TLSSocket, bytes], None]:
+    """
+    A 0/1 option that turns on a check or a feature. Turning a check off
+    that the policy turns on loosens it; turning a feature on that the
+    policy turns off does too: both fail EPROTO naming the key.
+    """
+    is_check = attribute.startswith("revocation")
+
+    def setter(sock: TLSSocket, value: bytes) -> None:
+        number = decode_int(name, value)
+        if number not in (0, 1):
+            raise SSAError(errno.EINVAL, f"{name}: expected 0 or 1, got {number}")
+        allowed = getattr(sock.policy, policy_attribute)
+        if is_check and allowed and not number:
+            raise SSAError(errno.EPROTO, f"{name}: the policy ({key}: enabled) does not let applications turn this check off")
+        if not is_check and number and not allowed:
+            raise SSAError(errno.EPROTO, f"{name}: the policy ({key}: disabled) does not allow it")
+        setattr(sock, attribute, bool(number))
+
+    return setter
+
+
+def _flag_rule(name: str, attribute: str, policy_attribute: str, key: str) -> OptionRule:
+    return OptionRule(
+        name, NEW_ONLY, ANY, _bounded_flag(name, attribute, policy_attribute, key),
+        lambda s: encode_int(int(getattr(s, attribute))),
+    )
+
+
 def _session(sock: TLSSocket):
     assert sock.session is not None
     return sock.session
@@ -261,6 +329,23 @@ RULES: dict[int, OptionRule] = {
     ),
     c.TLS_CHOSEN_VERSION: OptionRule(
         "TLS_CHOSEN_VERSION", NEVER, ESTABLISHED, getter=lambda s: encode_int(_session(s).version)
+    ),
+    c.TLS_DISABLE_CIPHER: OptionRule("TLS_DISABLE_CIPHER", NEW_ONLY, NEVER, _disable_cipher),
+    c.TLS_ENABLE_CIPHER: OptionRule("TLS_ENABLE_CIPHER", NEW_ONLY, NEVER, _enable_cipher),
+    c.TLS_TRUSTED_CIPHERS: OptionRule("TLS_TRUSTED_CIPHERS", NEVER, ANY, getter=_trusted_ciphers),
+    c.TLS_REVOCATION_CHECKS: _flag_rule(
+        "TLS_REVOCATION_CHECKS", "revocation_checks", "revocation_checks", "revocation-checks"
+    ),
+    c.TLS_OCSP_STAPLED_CHECKS: _flag_rule(
+        "TLS_OCSP_STAPLED_CHECKS", "revocation_stapled", "revocation_stapled", "revocation-stapled"
+    ),
+    c.TLS_OCSP_CHECKS: _flag_rule("TLS_OCSP_CHECKS", "revocation_ocsp", "revocation_ocsp", "revocation-ocsp"),
+    c.TLS_CRL_CHECKS: _flag_rule("TLS_CRL_CHECKS", "revocation_crl", "revocation_crl", "revocation-crl"),
+    c.TLS_CACHED_REV_CHECKS: _flag_rule(
+        "TLS_CACHED_REV_CHECKS", "revocation_cached", "revocation_cached", "revocation-cached"
+    ),
+    c.TLS_SESSION_REUSE: _flag_rule(
+        "TLS_SESSION_REUSE", "session_reuse", "session_resumption", "session-resumption"
     ),
     c.TLS_CERTIFICATE_CHAIN: OptionRule("TLS_CERTIFICATE_CHAIN", NEW_ONLY, NEVER, _set_chain),
     c.TLS_PRIVATE_KEY: OptionRule("TLS_PRIVATE_KEY", NEW_ONLY, NEVER, _set_private_key),

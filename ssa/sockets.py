@@ -101,6 +101,14 @@ class TLSSocket:
         self.keys: dict[str, bytes] = {}
         self.request_peer_auth = False
         self.alpn: tuple[str, ...] = ()
+        self.tls12_ciphers = policy.tls12_ciphers
+        self.tls13_ciphers = policy.tls13_ciphers
+        self.session_reuse = policy.session_resumption
+        self.revocation_checks = policy.revocation_checks
+        self.revocation_stapled = policy.revocation_stapled
+        self.revocation_ocsp = policy.revocation_ocsp
+        self.revocation_crl = policy.revocation_crl
+        self.revocation_cached = policy.revocation_cached
 
     def __repr__(self) -> str:
         return f"<TLSSocket {self.id:#018x} {self.state.value} {self.owner.describe()}>"
@@ -222,8 +230,8 @@ class TLSSocket:
             ),
             min_version=self.version_min,
             max_version=self.version_max,
-            tls12_ciphers=policy.tls12_ciphers,
-            tls13_ciphers=policy.tls13_ciphers,
+            tls12_ciphers=self.tls12_ciphers,
+            tls13_ciphers=self.tls13_ciphers,
             require_client_certificate=self.request_peer_auth,
             client_anchors=self.trust_anchors if self.trust_anchors is not None else policy.trust_anchors,
             verify_depth=policy.verify_depth,
@@ -288,8 +296,8 @@ class TLSSocket:
         return ClientTLSConfig(
             min_version=self.version_min,
             max_version=self.version_max,
-            tls12_ciphers=policy.tls12_ciphers,
-            tls13_ciphers=policy.tls13_ciphers,
+            tls12_ciphers=self.tls12_ciphers,
+            tls13_ciphers=self.tls13_ciphers,
             trust_anchors=anchors,
             use_system_store=system,
             verify_depth=policy.verify_depth,

@@ -98,6 +98,20 @@ class ConnectTests(DaemonTestCase):
             self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_2)
             self.assertTrue(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).startswith(b"ECDHE-"))
 
+    def test_disabled_ciphers_are_not_offered(self) -> None:
+        """
+        TLS_DISABLE_CIPHER takes effect: with TLS 1.2 and two of the three
+        ECDSA ciphers disabled, the third is negotiated.
+        """
+        with OpenSSLServer(self.server_key, extra_args=["-naccept", "1", "-quiet"]) as server:
+            sock = self.trusting_socket()
+            sock.setsockopt(TLS, client.TLS_VERSION_MAX, client.TLS_1_2)
+            sock.setsockopt(TLS, client.TLS_DISABLE_CIPHER, "ECDHE-ECDSA-AES256-GCM-SHA384")
+            sock.setsockopt(TLS, client.TLS_DISABLE_CIPHER, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256")
+            sock.connect(("127.0.0.1", server.port))
+            self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).rstrip(b"\0"),
+                             b"ECDHE-ECDSA-AES128-GCM-SHA256")
+
     def test_ip_literal_and_ipv6(self) -> None:
         """
         With no TLS_HOSTNAME an IP literal is verified against the IP SAN;

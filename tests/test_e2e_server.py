@@ -201,6 +201,10 @@ class ServerTests(DaemonTestCase):
         self.addCleanup(conn.close)
         self.assertEqual(conn.getsockopt(TLS, client.TLS_ALPN, 64).rstrip(b"\0"), b"http/1.1")
         self.assertEqual(conn.getsockopt(TLS, client.TLS_HOSTNAME, 256).rstrip(b"\0"), b"localhost")
+        self.assertEqual(conn.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_3)
+        self.assertTrue(conn.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).startswith(b"TLS_"))
+        self.assertEqual(self.assertRaises(OSError, conn.getsockopt, TLS, client.TLS_PEER_IDENTITY, 256).errno,
+                         errno.ENOTCONN)
         conn.close()
         runner.join(30)
         self.assertIn(b"ALPN protocol: http/1.1", results["r"].stdout)

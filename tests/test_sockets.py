@@ -330,3 +330,91 @@ class OptionWalkTests(SynchronousTestCase):
         denied = make_socket(policy=Policy(app_trust_anchors="deny"))
         failure = raises(self, errno.EPROTO, denied.set_option, TLS, c.TLS_TRUSTED_PEER_CERTIFICATES, pem)
         self.assertIn("app-trust-anchors", failure.reason)
+
+
+class BoundedOptionTests(SynchronousTestCase):
+    """
+    Ciphers, revocation toggles and session reuse: tighten freely, never
+    loosen (SPEC section 4), each refusal naming the policy key.
+    """
+
+    def test_walk(self) -> None:
+        """
+        Set in NEW only; get in any state (the cipher edits are set-only).
+        """
+        table = {
+            c.TLS_DISABLE_CIPHER: (True, False), c.TLS_ENABLE_CIPHER: (True, False),
+            c.TLS_TRUSTED_CIPHERS: (False, True), c.TLS_REVOCATION_CHECKS: (True, True),
+            c.TLS_OCSP_STAPLED_CHECKS: (True, True), c.TLS_OCSP_CHECKS: (True, True),
+            c.TLS_CRL_CHECKS: (True, True), c.TLS_CACHED_REV_CHECKS: (True, True),
+            c.TLS_SESSION_REUSE: (True, True),
+        }
+        for name, (settable, gettable) in table.items():
+            value = b"ECDHE-RSA-AES128-GCM-SHA256\0" if name in (c.TLS_DISABLE_CIPHER, c.TLS_ENABLE_CIPHER) else INT.pack(1)
+            for state in STATES:
+                sock = make_socket(state)
+                if not settable:
+                    raises(self, errno.ENOPROTOOPT, sock.set_option, TLS, name, value)
+                elif state is S.NEW:
+                    sock.set_option(TLS, name, value)
+                else:
+                    raises(self, _expect({S.NEW}, state), sock.set_option, TLS, name, value)
+                if gettable:
+                    self.assertTrue(sock.get_option(TLS, name))
+                else:
+                    raises(self, errno.ENOPROTOOPT, sock.get_option, TLS, name)
+
+    def test_ciphers(self) -> None:
+        """
+        Disabling removes a cipher (OpenSSL or IANA name); enabling restores
+        one the policy allows, in the policy's order; anything else fails.
+        """
+        sock = make_socket()
+        full = sock.get_option(TLS, c.TLS_TRUSTED_CIPHERS)
+        sock.set_option(TLS, c.TLS_DISABLE_CIPHER, b"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\0")
+        sock.set_option(TLS, c.TLS_DISABLE_CIPHER, b"TLS_CHACHA20_POLY1305_SHA256\0")
+        listed = sock.get_option(TLS, c.TLS_TRUSTED_CIPHERS).rstrip(b"\0").split(b":")
+        self.assertNotIn(b"ECDHE-RSA-AES128-GCM-SHA256", listed)
+        self.assertNotIn(b"TLS_CHACHA20_POLY1305_SHA256", listed)
+        self.assertEqual(sock.client_config().tls12_ciphers, tuple(n for n in Policy().tls12_ciphers if n != "ECDHE-RSA-AES128-GCM-SHA256"))
+        sock.set_option(TLS, c.TLS_ENABLE_CIPHER, b"ECDHE-RSA-AES128-GCM-SHA256\0")
+        sock.set_option(TLS, c.TLS_ENABLE_CIPHER, b"TLS_CHACHA20_POLY1305_SHA256\0")
+        self.assertEqual(sock.get_option(TLS, c.TLS_TRUSTED_CIPHERS), full)
+        failure = raises(self, errno.EPROTO, sock.set_option, TLS, c.TLS_ENABLE_CIPHER, b"AES128-GCM-SHA256\0")
+        self.assertIn("tlsv1.2-ciphers", failure.reason)
+        raises(self, errno.EINVAL, sock.set_option, TLS, c.TLS_DISABLE_CIPHER, b"NOT-A-CIPHER\0")
+        raises(self, errno.EINVAL, sock.set_option, TLS, c.TLS_ENABLE_CIPHER, b"NOT-A-CIPHER\0")
+        sock.set_option(TLS, c.TLS_VERSION_MIN, INT.pack(c.TLS_1_3))
+        self.assertTrue(sock.get_option(TLS, c.TLS_TRUSTED_CIPHERS).startswith(b"TLS_"))
+        self.assertNotIn(b"ECDHE", sock.get_option(TLS, c.TLS_TRUSTED_CIPHERS))
+
+    def test_revocation_and_reuse(self) -> None:
+        """
+        A check the policy turns on cannot be turned off; one it turns off
+        may be turned on. Resumption the policy disables cannot be turned
+        on; turning it off is always allowed.
+        """
+        checks = [
+            (c.TLS_REVOCATION_CHECKS, "revocation_checks", "revocation-checks"),
+            (c.TLS_OCSP_STAPLED_CHECKS, "revocation_stapled", "revocation-stapled"),
+            (c.TLS_OCSP_CHECKS, "revocation_ocsp", "revocation-ocsp"),
+            (c.TLS_CRL_CHECKS, "revocation_crl", "revocation-crl"),
+            (c.TLS_CACHED_REV_CHECKS, "revocation_cached", "revocation-cached"),
+        ]
+        for name, attribute, key in checks:
+            on = make_socket()
+            failure = raises(self, errno.EPROTO, on.set_option, TLS, name, INT.pack(0))
+            self.assertIn(key, failure.reason)
+            on.set_option(TLS, name, INT.pack(1))
+            off = make_socket(policy=Policy(**{attribute: False}))
+            self.assertEqual(off.get_option(TLS, name), INT.pack(0))
+            off.set_option(TLS, name, INT.pack(1))
+            self.assertEqual(off.get_option(TLS, name), INT.pack(1))
+            off.set_option(TLS, name, INT.pack(0))
+            raises(self, errno.EINVAL, off.set_option, TLS, name, INT.pack(2))
+        sock = make_socket()
+        sock.set_option(TLS, c.TLS_SESSION_REUSE, INT.pack(0))
+        self.assertEqual(sock.get_option(TLS, c.TLS_SESSION_REUSE), INT.pack(0))
+        no_resume = make_socket(policy=Policy(session_resumption=False))
+        failure = raises(self, errno.EPROTO, no_resume.set_option, TLS, c.TLS_SESSION_REUSE, INT.pack(1))
+        self.assertIn("session-resumption", failure.reason)
