@@ -21,14 +21,13 @@ from zope.interface import implementer
 from . import descriptors
 from .bridge import Bridge, PlaintextSide
 from .connector import INTERNAL_ERROR, ConnectAttempt
-from .constants import version_name
+from .constants import SocketState, version_name
 from .errors import SSAError
 from .interfaces import ISocketAPI, ITLSBackend
 from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
 from .profiles import PolicySet
-from .constants import SocketState
 from .sockets import TLSSocket, check_socket_args
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol

@@ -12,13 +12,13 @@ import errno
 import socket
 from dataclasses import dataclass
 
+from cryptography import x509
+
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
 from .errors import SSAError
 from .options import INT, RULES, OptionRule, is_ip_literal
 from .peer import PeerIdentity
 from .policy import Policy
-from cryptography import x509
-
 from .tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, TLSSessionInfo, chain_pem
 
 S = SocketState

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject

@@ -6,10 +6,8 @@ loopback, certificates made at run time (issue: daemon core).
 from __future__ import annotations
 
 import errno
-import os
 import selectors
 import socket
-import struct
 import threading
 import time
 import datetime

@@ -10,13 +10,12 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-import threading
 import time
 
 from ssa import client, wire
 from ssa.testing.peers import StdlibTLSServer, echo_handler, free_port
 
-from .helpers import DaemonTestCase, digest
+from .helpers import DaemonTestCase
 
 TLS = client.IPPROTO_TLS
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 import textwrap

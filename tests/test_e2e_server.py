@@ -18,7 +18,6 @@ import threading
 import time
 
 from ssa import client
-from ssa.testing.certs import CertificateAuthority
 from ssa.testing.peers import pseudo_random_bytes
 
 from .helpers import DaemonTestCase, digest, for_each_backend
