@@ -6,16 +6,15 @@ Two kinds of failure reach people: a certificate check that failed during
 chain verification (an C{X509_V_ERR_*} code reported to the verify callback),
 and an C{OpenSSL.SSL.Error} from the handshake or a later record. Both are
 turned into one line that says what went wrong and keeps OpenSSL's own
-reason text in parentheses.
+reason text in parentheses. The words for an C{SSL.Error} are those of
+L{ssa.backends._tls_common.describe_reason}, shared with the stdlib backend.
 """
 
 from __future__ import annotations
 
-import re
-
 from OpenSSL import SSL
 
-from ssa.constants import version_name
+from ssa.backends._tls_common import describe_reason
 
 _CODES = SSL.X509VerificationCodes
 
@@ -96,32 +95,6 @@ def raw_reason(error: SSL.Error) -> str:
     return str(error) or type(error).__name__
 
 
-_ALERT = re.compile(r"^(?:sslv3|tls|tlsv1|tlsv13) alert (.+)$|^tlsv1 (unrecognized name)$")
-
-# What to do about the alerts a client most often receives.
-_ALERT_HINTS: dict[str, str] = {
-    "handshake_failure": (
-        "it accepts none of the allowed cipher suites and groups,"
-        " or it requires a client certificate"
-    ),
-    "insufficient_security": "it requires stronger ciphers than those allowed",
-    "certificate_required": "it requires a client certificate",
-    "bad_certificate": "it rejected the client certificate",
-    "unknown_ca": "it does not trust the client certificate's issuer",
-    "unrecognized_name": "it does not serve the requested host name (SNI)",
-}
-
-# What to do about the alerts a server most often receives from clients.
-_SERVER_ALERT_HINTS: dict[str, str] = {
-    "handshake_failure": "it accepts none of the allowed cipher suites and groups",
-    "insufficient_security": "it requires stronger ciphers than those allowed",
-    "bad_certificate": "it rejected the server certificate",
-    "unknown_ca": "it does not trust the server certificate's issuer",
-    "certificate_expired": "it considers the server certificate expired",
-    "no_application_protocol": "it accepts none of the allowed ALPN protocols",
-}
-
-
 def describe_ssl_error(
     error: SSL.Error,
     stage: str,
@@ -131,7 +104,8 @@ def describe_ssl_error(
     server: bool = False,
 ) -> str:
     """
-    One line about an C{OpenSSL.SSL.Error}, for a L{ssa.errors.TLSFailure}.
+    One line about an C{OpenSSL.SSL.Error}, for a L{ssa.errors.TLSFailure}:
+    L{describe_reason} of its L{raw_reason}.
 
     @param error: what pyOpenSSL raised.
     @param stage: what failed, e.g. C{"handshake failed"}.
@@ -142,36 +116,11 @@ def describe_ssl_error(
         does not trust the client certificate's issuer (tlsv1 alert unknown
         ca)"}.
     """
-    raw = raw_reason(error)
-    lowered = raw.lower()
-    allowed = version_name(min_version)
-    if max_version != min_version:
-        allowed += f"\N{EN DASH}{version_name(max_version)}"
-    if isinstance(error, SSL.SysCallError):
-        what = "the connection ended in the middle of the TLS exchange"
-    elif "unsupported protocol" in lowered or "wrong ssl version" in lowered:
-        what = f"the peer offers no TLS version in the allowed range {allowed}"
-    elif "alert protocol version" in lowered:
-        what = (
-            "the peer sent alert protocol_version: it accepts no TLS version"
-            f" in the allowed range {allowed}"
-        )
-    elif "wrong version number" in lowered or "packet length too long" in lowered:
-        what = "the peer does not speak TLS"
-    elif server and "peer did not return a certificate" in lowered:
-        what = "the client sent no certificate (one is required)"
-    elif "no shared cipher" in lowered or "no ciphers available" in lowered:
-        what = "no allowed cipher suite is usable with the peer"
-        if server:
-            what += " (or none suits the key types of the server's certificates)"
-    elif "no protocols available" in lowered:
-        what = f"no TLS version in the allowed range {allowed} is usable"
-    elif "certificate verify failed" in lowered:
-        what = "certificate verification failed"
-    elif (match := _ALERT.search(lowered.split("; ")[0])) is not None:
-        name = (match.group(1) or match.group(2)).strip().replace(" ", "_")
-        hint = (_SERVER_ALERT_HINTS if server else _ALERT_HINTS).get(name)
-        what = f"the peer sent alert {name}" + (f": {hint}" if hint else "")
-    else:
-        what = "TLS error"
-    return f"{stage}: {what} ({raw})"
+    return describe_reason(
+        raw_reason(error),
+        stage,
+        min_version,
+        max_version,
+        server=server,
+        connection_ended=isinstance(error, SSL.SysCallError),
+    )

@@ -2,11 +2,11 @@
 """
 What every TLS backend needs and no TLS library provides: the checks of a
 configuration that come before the library sees it, and the words for
-failures.
+failures, and what the two engines do alike around the library (the cache
+of contexts, the peer's chain).
 
 Nothing here imports a TLS library, so any backend can use it. The words
-are those of the OpenSSL backend (L{ssa.backends._openssl_errors}), taking
-OpenSSL's reason text (e.g. C{"tlsv1 alert unknown ca"}) rather than a
+take OpenSSL's reason text (e.g. C{"tlsv1 alert unknown ca"}) rather than a
 library's exception, so that both backends fail with the same reasons.
 """
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Union
+from collections import OrderedDict
+from collections.abc import Callable, Container, Iterable
+from typing import Generic, TypeVar, Union
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -34,6 +36,7 @@ AnyTLSConfig = Union[ClientTLSConfig, ServerTLSConfig]
 # SHA-1 signatures, whatever the distribution's default.
 SECURITY_LEVEL = ":@SECLEVEL=2"
 
+
 def version_range(config: AnyTLSConfig) -> tuple[int, int]:
     """
     The C{TLS_1_x} versions C{config} can really negotiate, lowest first.
@@ -47,6 +50,22 @@ def version_range(config: AnyTLSConfig) -> tuple[int, int]:
     if not config.tls13_ciphers:
         high = min(high, TLS_1_2)
     return low, high
+
+
+def check_range(min_version: int, max_version: int, known: Container[int]) -> None:
+    """
+    Refuse a version range a library cannot be given.
+
+    @param known: the C{TLS_1_x} versions the library has a constant for.
+    @raise TLSFailure: a version is not in C{known}, or the range is empty.
+    """
+    for version in (min_version, max_version):
+        if version not in known:
+            raise TLSFailure(f"invalid TLS configuration: unknown TLS version {version}")
+    if min_version > max_version:
+        raise TLSFailure(
+            "invalid TLS configuration: no cipher suite or TLS version is allowed"
+        )
 
 
 def allowed_range(min_version: int, max_version: int) -> str:
@@ -255,3 +274,87 @@ def describe_reason(
     else:
         what = "TLS error"
     return f"{stage}: {what} ({raw})"
+
+
+def verification_failed(detail: str, *, server: bool = False) -> TLSFailure:
+    """
+    A failed check of the peer's certificate chain.
+
+    @param detail: what OpenSSL found, e.g. C{"certificate has expired
+        (depth 0, subject /CN=localhost)"}.
+    @param server: whether this side is the server (the chain is a client's).
+    """
+    whose = "client certificate" if server else "certificate"
+    return TLSFailure(f"{whose} verification failed: {detail}")
+
+
+def peer_chain(
+    leaf: x509.Certificate | None, rest: Iterable[x509.Certificate]
+) -> tuple[x509.Certificate, ...]:
+    """
+    The peer's chain, leaf first, for L{ssa.tlsconfig.TLSSessionInfo}.
+
+    @param leaf: the peer's certificate, L{None} if it sent none.
+    @param rest: the chain the library reports, which may or may not hold
+        C{leaf}.
+    @return: C{leaf} then the rest of the chain without it; empty without a
+        leaf.
+    """
+    if leaf is None:
+        return ()
+    return (leaf, *(c for c in rest if c != leaf))
+
+
+_Context = TypeVar("_Context")
+
+
+class ContextCache(Generic[_Context]):
+    """
+    A library's finished contexts, one per distinct configuration, client
+    and server together, built on first use; past C{size}, the least
+    recently used is dropped.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        build_client: Callable[[ClientTLSConfig], _Context],
+        build_server: Callable[[ServerTLSConfig], _Context],
+    ) -> None:
+        """
+        @param size: how many contexts to keep.
+        @param build_client: make the finished context for a client
+            configuration.
+        @param build_server: the same for a server configuration.
+        """
+        self._size = size
+        self._build_client = build_client
+        self._build_server = build_server
+        self._contexts: OrderedDict[AnyTLSConfig, _Context] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._contexts)
+
+    def __contains__(self, config: object) -> bool:
+        return config in self._contexts
+
+    def get(self, config: AnyTLSConfig) -> _Context:
+        """
+        The context for C{config}, from the cache or built (and cached).
+
+        @raise TLSFailure: the configuration cannot be used; nothing is
+            cached.
+        """
+        contexts = self._contexts
+        context = contexts.get(config)
+        if context is not None:
+            contexts.move_to_end(config)
+            return context
+        if isinstance(config, ServerTLSConfig):
+            context = self._build_server(config)
+        else:
+            context = self._build_client(config)
+        contexts[config] = context
+        while len(contexts) > self._size:
+            contexts.popitem(last=False)
+        return context

@@ -21,23 +21,30 @@ deprecated since 24.3).
 from __future__ import annotations
 
 import hashlib
-import ipaddress
-from collections import OrderedDict
-from typing import Callable, Union
+from typing import Callable
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from OpenSSL import SSL
 from OpenSSL.crypto import X509
 from zope.interface import implementer
 
-from ssa.backends._tls_common import SECURITY_LEVEL
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
     verify_error_string,
+)
+from ssa.backends._tls_common import (
+    SECURITY_LEVEL,
+    AnyTLSConfig,
+    ContextCache,
+    alpn_names,
+    check_credential,
+    check_range,
+    load_anchors,
+    peer_chain,
+    sni_name,
+    verification_failed,
+    version_range,
 )
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
@@ -49,8 +56,6 @@ from ssa.tlsconfig import (
     TLSSessionInfo,
     subject_line,
 )
-
-AnyTLSConfig = Union[ClientTLSConfig, ServerTLSConfig]
 
 _PROTOCOL_VERSIONS: dict[int, int] = {
     TLS_1_0: SSL.TLS1_VERSION,
@@ -107,13 +112,9 @@ def _load_anchors(
     @param name_client_cas: also name them in the server's certificate
         request, so that clients can pick a matching certificate.
     """
-    try:
-        certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError as e:
-        raise TLSFailure(f"the trusted certificates are not valid PEM ({e})") from e
     store = context.get_cert_store()
     assert store is not None
-    for certificate in certificates:
+    for certificate in load_anchors(pem):
         # X509Store.add_cert takes only pyOpenSSL X509; from_cryptography is
         # the non-deprecated bridge.
         store.add_cert(X509.from_cryptography(certificate))
@@ -124,26 +125,13 @@ def _load_anchors(
 def _version_range(config: AnyTLSConfig) -> tuple[int, int]:
     """
     The C{TLS_1_x} versions C{config} can really negotiate, lowest first.
-    """
-    if not config.tls12_ciphers:
-        # No cipher for TLS 1.2 and below: only TLS 1.3 can be negotiated.
-        return max(config.min_version, TLS_1_3), config.max_version
-    return config.min_version, config.max_version
 
-
-def _alpn_names(protocols: tuple[str, ...]) -> list[bytes]:
+    Unlike L{version_range}, an empty TLS 1.3 suite list leaves the highest
+    version as configured: OpenSSL keeps TLS 1.3 on without a suite, and the
+    handshake then fails (C{"no ciphers available"}) rather than falling
+    back to TLS 1.2.
     """
-    The wire names of ALPN C{protocols}.
-
-    @raise TLSFailure: a name is empty or longer than 255 bytes.
-    """
-    names = [protocol.encode("utf-8") for protocol in protocols]
-    for name, protocol in zip(names, protocols):
-        if not 0 < len(name) < 256:
-            raise TLSFailure(
-                f"invalid TLS configuration: bad ALPN protocol name {protocol!r}"
-            )
-    return names
+    return version_range(config)[0], config.max_version
 
 
 def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
@@ -154,13 +142,7 @@ def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
     """
     context = SSL.Context(method)
     min_version, max_version = _version_range(config)
-    for version in (min_version, max_version):
-        if version not in _PROTOCOL_VERSIONS:
-            raise TLSFailure(f"invalid TLS configuration: unknown TLS version {version}")
-    if min_version > max_version:
-        raise TLSFailure(
-            "invalid TLS configuration: no cipher suite or TLS version is allowed"
-        )
+    check_range(min_version, max_version, _PROTOCOL_VERSIONS)
     try:
         context.set_min_proto_version(_PROTOCOL_VERSIONS[min_version])
         context.set_max_proto_version(_PROTOCOL_VERSIONS[max_version])
@@ -191,85 +173,37 @@ def build_context(config: ClientTLSConfig) -> SSL.Context:
     if config.trust_anchors:
         _load_anchors(context, config.trust_anchors)
     if config.alpn:
-        context.set_alpn_protos(_alpn_names(config.alpn))
+        context.set_alpn_protos(alpn_names(config.alpn))
     return context
-
-
-# The private key types OpenSSL keeps a certificate slot for, by name.
-_KEY_TYPES: tuple[tuple[type, str], ...] = (
-    (rsa.RSAPrivateKey, "RSA"),
-    (ec.EllipticCurvePrivateKey, "ECDSA"),
-    (ed25519.Ed25519PrivateKey, "Ed25519"),
-    (ed448.Ed448PrivateKey, "Ed448"),
-    (dsa.DSAPrivateKey, "DSA"),
-)
-
-
-def _key_type(key: object) -> str | None:
-    for cls, name in _KEY_TYPES:
-        if isinstance(key, cls):
-            return name
-    return None
 
 
 def _load_credential(
     context: SSL.Context, credential: Credential, number: int, seen: dict[str, str]
 ) -> list[x509.Certificate]:
     """
-    Install one certificate and its key on C{context}.
+    Check one certificate and its key (L{check_credential}) and install them
+    on C{context}.
 
     @param number: the credential's position, counted from 1, for failures.
     @param seen: the key types installed so far, with their leaf's subject;
         updated.
     @return: the chain's intermediates (everything after the leaf).
     @raise TLSFailure: unreadable PEM, no certificate, an unsupported key, a
-        key type already served, or a key that does not match.
+        key type already served, a key that does not match, or OpenSSL
+        refused them.
     """
-    what = f"server credential {number}"
-    if b"-----BEGIN CERTIFICATE-----" not in credential.chain_pem:
-        raise TLSFailure(f"{what}: the certificate chain contains no certificate")
-    try:
-        chain = x509.load_pem_x509_certificates(credential.chain_pem)
-    except ValueError as e:
-        raise TLSFailure(f"{what}: the certificate chain is not valid PEM ({e})") from e
+    chain, key = check_credential(credential, number, seen)
     leaf = chain[0]
-    subject = subject_line(leaf) or "(empty subject)"
-    try:
-        key = serialization.load_pem_private_key(credential.key_pem, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-        raise TLSFailure(
-            f"{what}: the private key for {subject} is not a readable unencrypted"
-            f" PEM key ({e})"
-        ) from e
-    key_type = _key_type(key)
-    if key_type is None:
-        raise TLSFailure(
-            f"{what}: unsupported private key type {type(key).__name__} for {subject}"
-        )
-    mismatch = TLSFailure(
-        f"{what}: the private key does not match the certificate {subject}"
-    )
-    try:
-        if leaf.public_key() != key.public_key():
-            raise mismatch
-    except TypeError:
-        # Public keys of different types may refuse to compare.
-        raise mismatch from None
-    if key_type in seen:
-        raise TLSFailure(
-            f"{what}: a second {key_type} certificate ({subject}; the first is"
-            f" {seen[key_type]}): at most one credential per key type"
-        )
     try:
         context.use_certificate(leaf)
         context.use_privatekey(key)  # type: ignore[arg-type]
         context.check_privatekey()
     except SSL.Error as e:
+        subject = subject_line(leaf) or "(empty subject)"
         raise TLSFailure(
-            f"{what}: OpenSSL refused the certificate {subject} or its key"
-            f" ({raw_reason(e)})"
+            f"server credential {number}: OpenSSL refused the certificate"
+            f" {subject} or its key ({raw_reason(e)})"
         ) from e
-    seen[key_type] = subject
     return chain[1:]
 
 
@@ -329,7 +263,7 @@ def build_server_context(config: ServerTLSConfig) -> SSL.Context:
         else:
             _load_anchors(context, config.client_anchors, name_client_cas=True)
     if config.alpn:
-        context.set_alpn_select_callback(_alpn_selector(_alpn_names(config.alpn)))
+        context.set_alpn_select_callback(_alpn_selector(alpn_names(config.alpn)))
     # A session id context makes sessions resumable (OpenSSL refuses to
     # resume a session that had a verified client certificate without one);
     # distinct configurations get distinct ones.
@@ -339,16 +273,11 @@ def build_server_context(config: ServerTLSConfig) -> SSL.Context:
 
 def _sni_name(server_hostname: str | None) -> bytes | None:
     """
-    The SNI value for C{server_hostname}: L{None} for IP literals.
+    The SNI bytes for C{server_hostname} (L{sni_name}, IDNA-encoded if not
+    ASCII): L{None} for IP literals and empty names.
     """
-    if not server_hostname:
-        return None
-    name = server_hostname.rstrip(".")
-    try:
-        ipaddress.ip_address(name.split("%", 1)[0])
-    except ValueError:
-        pass
-    else:
+    name = sni_name(server_hostname)
+    if name is None:
         return None
     try:
         return name.encode("ascii")
@@ -399,8 +328,7 @@ class OpenSSLEngine:
         if there was one.
         """
         if self._record.failure is not None:
-            whose = "client certificate" if self._server else "certificate"
-            return TLSFailure(f"{whose} verification failed: {self._record.failure}")
+            return verification_failed(self._record.failure, server=self._server)
         return TLSFailure(
             describe_ssl_error(error, stage, *self._versions, server=self._server)
         )
@@ -544,11 +472,10 @@ class OpenSSLServerEngine(OpenSSLEngine):
         """
         connection = self._connection
         # On a server, SSL_get_peer_cert_chain leaves out the peer's leaf.
-        leaf = connection.get_peer_certificate(as_cryptography=True)
-        chain: tuple[x509.Certificate, ...] = ()
-        if leaf is not None:
-            rest = connection.get_peer_cert_chain(as_cryptography=True) or []
-            chain = (leaf, *(c for c in rest if c != leaf))
+        chain = peer_chain(
+            connection.get_peer_certificate(as_cryptography=True),
+            connection.get_peer_cert_chain(as_cryptography=True) or [],
+        )
         name = connection.get_servername()
         return TLSSessionInfo(
             version=_VERSION_CONSTANTS[connection.get_protocol_version()],
@@ -577,8 +504,9 @@ class OpenSSLBackend:
         @param cache_size: how many Contexts to keep, client and server
             together (least recently used first out).
         """
-        self._cache_size = cache_size
-        self._contexts: OrderedDict[AnyTLSConfig, SSL.Context] = OrderedDict()
+        self._contexts: ContextCache[SSL.Context] = ContextCache(
+            cache_size, build_context, build_server_context
+        )
 
     def context_for(self, config: AnyTLSConfig) -> SSL.Context:
         """
@@ -587,19 +515,7 @@ class OpenSSLBackend:
 
         @raise TLSFailure: the configuration cannot be used.
         """
-        contexts = self._contexts
-        context = contexts.get(config)
-        if context is not None:
-            contexts.move_to_end(config)
-            return context
-        if isinstance(config, ServerTLSConfig):
-            context = build_server_context(config)
-        else:
-            context = build_context(config)
-        contexts[config] = context
-        while len(contexts) > self._cache_size:
-            contexts.popitem(last=False)
-        return context
+        return self._contexts.get(config)
 
     def client_engine(
         self, config: ClientTLSConfig, server_hostname: str | None

@@ -52,7 +52,6 @@ import os
 import re
 import ssl
 import warnings
-from collections import OrderedDict
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -62,11 +61,15 @@ from zope.interface import implementer
 from ssa.backends._tls_common import (
     SECURITY_LEVEL,
     AnyTLSConfig,
+    ContextCache,
     alpn_names,
     check_credential,
+    check_range,
     describe_reason,
     load_anchors,
+    peer_chain,
     sni_name,
+    verification_failed,
     version_range,
 )
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
@@ -156,13 +159,7 @@ def _new_context(protocol: int, config: AnyTLSConfig) -> ssl.SSLContext:
     """
     context = ssl.SSLContext(protocol)
     min_version, max_version = version_range(config)
-    for version in (min_version, max_version):
-        if version not in _PROTOCOL_VERSIONS:
-            raise TLSFailure(f"invalid TLS configuration: unknown TLS version {version}")
-    if min_version > max_version:
-        raise TLSFailure(
-            "invalid TLS configuration: no cipher suite or TLS version is allowed"
-        )
+    check_range(min_version, max_version, _PROTOCOL_VERSIONS)
     with warnings.catch_warnings():
         # TLS 1.0 and 1.1 are deprecated in ssl, but the configuration asks.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -446,11 +443,10 @@ class StdlibEngine:
         A L{TLSFailure} for what C{ssl} raised, in the OpenSSL backend's words.
         """
         if isinstance(error, ssl.SSLCertVerificationError):
-            whose = "client certificate" if self._server else "certificate"
             message = error.verify_message or raw_reason(error)
             message = _SAME_WORDS.get(message, message)
             where = "depth 0" if error.verify_code in _LEAF_ONLY_CODES else "depth unknown"
-            return TLSFailure(f"{whose} verification failed: {message} ({where})")
+            return verification_failed(f"{message} ({where})", server=self._server)
         return TLSFailure(
             describe_reason(
                 raw_reason(error),
@@ -472,14 +468,13 @@ class StdlibEngine:
         chain = _chain(self._object, "get_verified_chain")
         if chain is None or len(chain) <= depth + 2:
             return
-        whose = "client certificate" if self._server else "certificate"
         try:
             subject = subject_line(_certificate(chain[depth + 1])) or "(empty)"
         except Exception:
             subject = "(unreadable)"
-        raise TLSFailure(
-            f"{whose} verification failed: certificate chain too long"
-            f" (depth {depth + 1}, subject {subject})"
+        raise verification_failed(
+            f"certificate chain too long (depth {depth + 1}, subject {subject})",
+            server=self._server,
         )
 
     def receive(self, ciphertext: bytes) -> None:
@@ -611,7 +606,7 @@ class StdlibEngine:
             rest = [_certificate(item) for item in _chain(self._object, "get_unverified_chain") or ()]
         except Exception:
             rest = []
-        return (leaf, *(c for c in rest if c != leaf))
+        return peer_chain(leaf, rest)
 
 
 @implementer(ITLSBackend)
@@ -632,8 +627,9 @@ class StdlibBackend:
         @param cache_size: how many contexts to keep, client and server
             together (least recently used first out).
         """
-        self._cache_size = cache_size
-        self._contexts: OrderedDict[AnyTLSConfig, ssl.SSLContext] = OrderedDict()
+        self._contexts: ContextCache[ssl.SSLContext] = ContextCache(
+            cache_size, build_client_context, build_server_context
+        )
 
     def context_for(self, config: AnyTLSConfig) -> ssl.SSLContext:
         """
@@ -642,19 +638,7 @@ class StdlibBackend:
 
         @raise TLSFailure: the configuration cannot be used.
         """
-        contexts = self._contexts
-        context = contexts.get(config)
-        if context is not None:
-            contexts.move_to_end(config)
-            return context
-        if isinstance(config, ServerTLSConfig):
-            context = build_server_context(config)
-        else:
-            context = build_client_context(config)
-        contexts[config] = context
-        while len(contexts) > self._cache_size:
-            contexts.popitem(last=False)
-        return context
+        return self._contexts.get(config)
 
     def client_engine(
         self, config: ClientTLSConfig, server_hostname: str | None
