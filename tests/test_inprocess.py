@@ -15,7 +15,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -85,4 +85,33 @@ class InternalFailureTests(TestCase):
             if not service.entries:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(service.entries, {})
+
+
+class LimitTests(SynchronousTestCase):
+    """
+    The per-process socket limit.
+    """
+
+    def test_max_sockets_per_client(self) -> None:
+        """
+        Past the policy's max-sockets-per-client a process gets EMFILE; other
+        processes are unaffected; closing frees a place.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from ssa.errors import SSAError
+        from ssa.peer import PeerIdentity
+
+        service = SocketService(MemoryReactor(), BrokenBackend(), Policy(max_sockets_per_client=2))
+        greedy, other = PeerIdentity(10, 1000, 1000), PeerIdentity(11, 1000, 1000)
+        first, _ = service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
+        service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
+        failure = self.assertRaises(SSAError, service.open_socket, greedy, socket.AF_INET, socket.SOCK_STREAM)
+        self.assertEqual(failure.errno, errno.EMFILE)
+        self.assertIn("max-sockets-per-client", failure.reason)
+        service.open_socket(other, socket.AF_INET, socket.SOCK_STREAM)
+        service.close(first.id)
+        service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
+        service.close_all()
         self.assertEqual(service.entries, {})
