@@ -152,7 +152,17 @@ class Listener(Factory):
         pending.protocol = TLSStreamProtocol(engine, pending, lambda info: None)
         pending.timer = self.reactor.callLater(self.handshake_timeout, pending.timed_out)
         self.handshaking.add(pending)
+        if len(self.handshaking) + len(self.ready) >= self.backlog and not self._paused:
+            # The backlog is full: leave further clients in the kernel's
+            # queue until accept() or a failed handshake makes room.
+            self._paused = True
+            self.port.stopReading()
         return pending.protocol
+
+    def _resume_if_room(self) -> None:
+        if self._paused and self.port is not None and len(self.handshaking) + len(self.ready) < self.backlog:
+            self._paused = False
+            self.port.startReading()
 
     def take(self) -> PendingConnection | None:
         """
@@ -161,9 +171,7 @@ class Listener(Factory):
         if not self.ready:
             return None
         pending = self.ready.popleft()
-        if self._paused and len(self.ready) < self.backlog:
-            self._paused = False
-            self.port.startReading()
+        self._resume_if_room()
         return pending
 
     def close(self) -> None:
@@ -183,13 +191,11 @@ class Listener(Factory):
     def _ready(self, pending: PendingConnection) -> None:
         self.handshaking.discard(pending)
         self.ready.append(pending)
-        if len(self.ready) >= self.backlog and self.port is not None and not self._paused:
-            self._paused = True
-            self.port.stopReading()
         self._on_ready()
 
     def _lost(self, pending: PendingConnection, failure: BaseException | None) -> None:
         self.handshaking.discard(pending)
+        self._resume_if_room()
         if pending in self.ready:
             self.ready.remove(pending)
             self._on_unready()

@@ -274,6 +274,44 @@ class ServerTests(DaemonTestCase):
                 pass  # dropped with a reset: also dropped
         self.assertLess(time.monotonic() - start, 60)
 
+    def test_backlog_is_honoured(self) -> None:
+        """
+        With backlog 2, at most 2 handshaken connections wait for accept();
+        the others wait in TCP until there is room, and all are served.
+        """
+        listener = self.listener(backlog=2)
+        port = listener.getsockname()[1]
+        context = ssl.create_default_context(cadata=self.ca.cert_pem().decode())
+        done: list[bytes] = []
+
+        def one(i: int) -> None:
+            with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                                     server_hostname="localhost") as tls:
+                tls.sendall(b"%d" % i)
+                done.append(tls.recv(10))
+
+        clients = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+        for t in clients:
+            t.start()
+        time.sleep(1.5)
+        peeked = socket.socket(fileno=os.dup(listener.fileno()))
+        try:
+            queued = peeked.recv(100, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        finally:
+            peeked.close()
+        # The daemon stops taking connections from the kernel once it holds
+        # the backlog; what the kernel had already queued (its own backlog
+        # of the same size, plus one) may come with the last batch.
+        self.assertGreaterEqual(len(queued), 2)
+        self.assertLess(len(queued), 6, "the backlog bounds the queue")
+        for _ in range(6):
+            conn, _ = listener.accept()
+            conn.sendall(b"ok:" + conn.recv(10))
+            conn.close()
+        for t in clients:
+            t.join(30)
+        self.assertEqual(sorted(done), sorted(b"ok:%d" % i for i in range(6)))
+
     def test_selectors_server_50_clients(self) -> None:
         """
         A nonblocking server on C{selectors}, one thread, serves 50 clients.
