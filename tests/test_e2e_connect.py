@@ -358,6 +358,43 @@ class FailureTests(DaemonTestCase):
         self.assertIn(b"not known", payload)
 
 
+def delaying_relay(testcase, target: tuple[str, int], delay: float) -> int:
+    """
+    A TCP relay on loopback that waits C{delay} seconds before passing a
+    connection on to C{target}, so a handshake is reliably still running
+    for that long.
+
+    @return: the relay's port.
+    """
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    testcase.addCleanup(listener.close)
+
+    def pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        time.sleep(delay)
+        upstream = socket.create_connection(target)
+        for a, b in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=pump, args=(a, b), daemon=True).start()
+        testcase.addCleanup(conn.close)
+        testcase.addCleanup(upstream.close)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener.getsockname()[1]
+
+
 class NonblockingTests(DaemonTestCase):
     """
     Nonblocking connect: EINPROGRESS, EALREADY, then writable.
@@ -369,10 +406,14 @@ class NonblockingTests(DaemonTestCase):
         flows; a second connect says EOPNOTSUPP.
         """
         with StdlibTLSServer(self.server_key, echo_handler) as server:
+            relay = delaying_relay(self, server.address, 0.5)
             sock = self.trusting_socket(nonblocking=True)
             fd = sock.fileno()
-            self.assertEqual(sock.connect_ex(("127.0.0.1", server.port)), errno.EINPROGRESS)
-            self.assertEqual(sock.connect_ex(("127.0.0.1", server.port)), errno.EALREADY)
+            self.assertEqual(sock.connect_ex(("127.0.0.1", relay)), errno.EINPROGRESS)
+            self.assertEqual(sock.connect_ex(("127.0.0.1", relay)), errno.EALREADY)
+            with selectors.DefaultSelector() as selector:
+                selector.register(sock, selectors.EVENT_WRITE)
+                self.assertEqual(selector.select(0.1), [], "writable while still connecting")
             with selectors.DefaultSelector() as selector:
                 selector.register(sock, selectors.EVENT_WRITE)
                 self.assertTrue(selector.select(10), "the socket never became writable")
