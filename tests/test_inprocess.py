@@ -115,3 +115,30 @@ class LimitTests(SynchronousTestCase):
         service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
         service.close_all()
         self.assertEqual(service.entries, {})
+
+
+class InterfaceTests(SynchronousTestCase):
+    """
+    The objects that listen to TLS streams provide the interface.
+    """
+
+    def test_stream_listeners(self) -> None:
+        """
+        The connector, the listener's pending connections and the bridge
+        all provide L{ITLSStreamListener}.
+        """
+        from twisted.internet.testing import MemoryReactor
+
+        from ssa.bridge import Bridge
+        from ssa.connector import ConnectAttempt
+        from ssa.interfaces import ITLSStreamListener
+        from ssa.listener import Listener, PendingConnection
+        from ssa.sockets import ConnectPlan
+        from ssa.tlsconfig import ClientTLSConfig, ServerTLSConfig
+
+        reactor = MemoryReactor()
+        plan = ConnectPlan("127.0.0.1", 443, "localhost", "localhost", ClientTLSConfig())
+        attempt = ConnectAttempt(reactor, BrokenBackend(), plan, 1, 1, lambda *a: None, lambda *a: None)
+        listener = Listener(reactor, BrokenBackend(), ServerTLSConfig(()), 1, 1, lambda: None, lambda: None)
+        for candidate in (attempt, PendingConnection(listener, ("127.0.0.1", 1)), Bridge(None, -1, lambda f: None)):
+            verifyObject(ITLSStreamListener, candidate)
