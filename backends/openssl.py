@@ -25,6 +25,7 @@ from typing import Callable
 
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import X509
 from zope.interface import implementer
 
@@ -168,6 +169,8 @@ def build_context(config: ClientTLSConfig) -> SSL.Context:
     context = _new_context(SSL.TLS_CLIENT_METHOD, config)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback)
     context.set_verify_depth(config.verify_depth)
+    # Keep the client's sessions resumable (the daemon caches them itself).
+    context.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
     if config.use_system_store:
         context.set_default_verify_paths()
     if config.trust_anchors:
@@ -285,6 +288,19 @@ def _sni_name(server_hostname: str | None) -> bytes | None:
         return name.encode("idna")
 
 
+def _session_reused(connection: SSL.Connection) -> bool:
+    """
+    Whether C{connection}'s handshake resumed a session.
+
+    pyOpenSSL has no public C{SSL_session_reused}, so this calls OpenSSL
+    through pyOpenSSL's bindings; if they change, it says C{False}.
+    """
+    try:
+        return bool(_lib.SSL_session_reused(connection._ssl))
+    except (AttributeError, TypeError):
+        return False
+
+
 @implementer(ITLSEngine)
 class OpenSSLEngine:
     """
@@ -300,12 +316,14 @@ class OpenSSLEngine:
         context: SSL.Context,
         config: AnyTLSConfig,
         server_hostname: str | None = None,
+        session: SSL.Session | None = None,
     ) -> None:
         """
         @param context: the finished C{Context} for C{config}.
         @param config: the configuration, for the words of failures.
         @param server_hostname: the name sent as SNI (not for IP literals);
             clients only.
+        @param session: a session to offer for resumption; clients only.
         """
         self.peer_closed = False
         self._versions = _version_range(config)
@@ -321,6 +339,11 @@ class OpenSSLEngine:
         sni = _sni_name(server_hostname)
         if sni is not None:
             self._connection.set_tlsext_host_name(sni)
+        if isinstance(session, SSL.Session):
+            try:
+                self._connection.set_session(session)
+            except SSL.Error:
+                pass  # unusable: a full handshake follows
 
     def _failure(self, error: SSL.Error, stage: str) -> TLSFailure:
         """
@@ -425,9 +448,6 @@ class OpenSSLEngine:
     def session_info(self) -> TLSSessionInfo:
         """
         Describe the finished handshake.
-
-        C{resumed} is always false: this engine never offers a session
-        (pyOpenSSL also has no public C{SSL_session_reused}).
         """
         connection = self._connection
         chain = connection.get_peer_cert_chain(as_cryptography=True) or []
@@ -436,8 +456,15 @@ class OpenSSLEngine:
             cipher=connection.get_cipher_name() or "",
             peer_chain=tuple(chain),
             alpn=self._alpn(),
-            resumed=False,
+            resumed=_session_reused(connection),
         )
+
+    def session(self) -> SSL.Session | None:
+        """
+        The connection's session, for a later engine; see
+        L{ITLSEngine.session}.
+        """
+        return self._connection.get_session()
 
     def _alpn(self) -> str | None:
         """
@@ -466,9 +493,6 @@ class OpenSSLServerEngine(OpenSSLEngine):
         """
         Describe the finished handshake: C{peer_chain} is the client's chain
         (empty if it sent none), C{server_name} the SNI name it sent.
-
-        C{resumed} is always false (pyOpenSSL has no public
-        C{SSL_session_reused}).
         """
         connection = self._connection
         # On a server, SSL_get_peer_cert_chain leaves out the peer's leaf.
@@ -482,7 +506,7 @@ class OpenSSLServerEngine(OpenSSLEngine):
             cipher=connection.get_cipher_name() or "",
             peer_chain=chain,
             alpn=self._alpn(),
-            resumed=False,
+            resumed=_session_reused(connection),
             server_name=name.decode("ascii", "replace") if name else None,
         )
 
@@ -518,12 +542,12 @@ class OpenSSLBackend:
         return self._contexts.get(config)
 
     def client_engine(
-        self, config: ClientTLSConfig, server_hostname: str | None
+        self, config: ClientTLSConfig, server_hostname: str | None, session: object | None = None
     ) -> OpenSSLEngine:
         """
         Make a client engine; see L{ITLSBackend.client_engine}.
         """
-        return OpenSSLEngine(self.context_for(config), config, server_hostname)
+        return OpenSSLEngine(self.context_for(config), config, server_hostname, session)
 
     def server_engine(self, config: ServerTLSConfig) -> OpenSSLServerEngine:
         """

@@ -402,6 +402,7 @@ class StdlibEngine:
         server_hostname: str | None = None,
         *,
         server_side: bool = False,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         """
         @param context: the finished C{SSLContext} for C{config}.
@@ -410,6 +411,7 @@ class StdlibEngine:
         @param server_hostname: the name sent as SNI (not for IP literals);
             clients only.
         @param server_side: whether this is the server end.
+        @param session: a session to offer for resumption; clients only.
         @raise TLSFailure: C{server_hostname} cannot be sent as SNI.
         """
         self.peer_closed = False
@@ -423,12 +425,25 @@ class StdlibEngine:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         sni = None if server_side else sni_name(server_hostname)
+        if server_side or not isinstance(session, ssl.SSLSession):
+            session = None
         try:
             self._object = context.wrap_bio(
                 self._incoming, self._outgoing, server_side=server_side, server_hostname=sni
-            )
+            ) if session is None else self._resuming(context, sni, session)
         except (UnicodeError, ValueError) as e:
             raise TLSFailure(f"cannot send {server_hostname!r} as SNI ({e})") from e
+
+    def _resuming(self, context: ssl.SSLContext, sni: str | None, session: ssl.SSLSession) -> ssl.SSLObject:
+        """
+        A client C{SSLObject} offering C{session}; one that C{context}
+        refuses (a session of an older context for the same configuration,
+        evicted and rebuilt since) gives a full handshake instead.
+        """
+        try:
+            return context.wrap_bio(self._incoming, self._outgoing, server_hostname=sni, session=session)
+        except ValueError:
+            return context.wrap_bio(self._incoming, self._outgoing, server_hostname=sni)
 
     def _fail(self, failure: TLSFailure) -> TLSFailure:
         """
@@ -593,6 +608,13 @@ class StdlibEngine:
             server_name=getattr(sslobject, "ssa_server_name", None) if self._server else None,
         )
 
+    def session(self) -> ssl.SSLSession | None:
+        """
+        The connection's session, for a later engine; see
+        L{ITLSEngine.session}.
+        """
+        return self._object.session
+
     def _peer_chain(self) -> tuple[x509.Certificate, ...]:
         """
         The certificates the peer sent, leaf first (the leaf alone if this
@@ -641,12 +663,12 @@ class StdlibBackend:
         return self._contexts.get(config)
 
     def client_engine(
-        self, config: ClientTLSConfig, server_hostname: str | None
+        self, config: ClientTLSConfig, server_hostname: str | None, session: object | None = None
     ) -> StdlibEngine:
         """
         Make a client engine; see L{ITLSBackend.client_engine}.
         """
-        return StdlibEngine(self.context_for(config), config, server_hostname)
+        return StdlibEngine(self.context_for(config), config, server_hostname, session=session)
 
     def server_engine(self, config: ServerTLSConfig) -> StdlibEngine:
         """

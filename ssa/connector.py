@@ -44,7 +44,12 @@ class ConnectAttempt(ClientFactory):
         on_connected: Callable[[TLSStreamProtocol, TLSSessionInfo], None],
         on_failed: Callable[[int, str], None],
         bind_address: tuple[str, int] | None = None,
+        session: object | None = None,
     ) -> None:
+        """
+        @param session: a session of an earlier connection to offer for
+            resumption (see L{ssa.sessions}), or L{None}.
+        """
         self._reactor = reactor
         self._backend = backend
         self._plan = plan
@@ -53,6 +58,7 @@ class ConnectAttempt(ClientFactory):
         self._on_connected = on_connected
         self._on_failed = on_failed
         self._bind_address = bind_address
+        self._session = session
         self._connector = None
         self._protocol: TLSStreamProtocol | None = None
         self._timer: IDelayedCall | None = None
@@ -89,7 +95,14 @@ class ConnectAttempt(ClientFactory):
         """
         plan = self._plan
         try:
-            engine = self._backend.client_engine(plan.config, plan.server_hostname)
+            # Without a session, call as before the session keyword existed,
+            # so that older third-party backends keep working.
+            if self._session is None:
+                engine = self._backend.client_engine(plan.config, plan.server_hostname)
+            else:
+                engine = self._backend.client_engine(
+                    plan.config, plan.server_hostname, session=self._session
+                )
         except Exception:
             log.failure("the {backend} backend could not make a client engine",
                         backend=self._backend.name)

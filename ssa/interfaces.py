@@ -69,7 +69,19 @@ class ITLSEngine(Interface):
         """
         Describe the finished handshake.
 
-        @rtype: L{ssa.tlsconfig.TLSSessionInfo}
+        @rtype: L{ssa.tlsconfig.TLSSessionInfo}; its C{resumed} says
+            whether the handshake resumed the session offered to
+            L{ITLSBackend.client_engine}.
+        """
+
+    def session() -> object | None:
+        """
+        The connection's resumable session, to offer to a later client
+        engine of the same backend, or L{None} if there is none yet. Ask
+        after the handshake and again after reading data: TLS 1.3 session
+        tickets arrive after the handshake.
+
+        @return: an object opaque to the caller.
         """
 
 
@@ -81,13 +93,18 @@ class ITLSBackend(Interface):
     name = Attribute("The backend's short name, e.g. C{'openssl'}.")
     description = Attribute("One line for people.")
 
-    def client_engine(config: object, server_hostname: str | None) -> ITLSEngine:
+    def client_engine(
+        config: object, server_hostname: str | None, session: object | None = None
+    ) -> ITLSEngine:
         """
         Make a client engine.
 
         @param config: an L{ssa.tlsconfig.ClientTLSConfig}; backends build
             one library context per distinct config and reuse it.
         @param server_hostname: the name sent as SNI, or L{None} (IP literal).
+        @param session: a session from L{ITLSEngine.session} of an earlier
+            engine of this backend, to offer for resumption, or L{None}. A
+            session the library cannot use is ignored (full handshake).
         """
 
     def server_engine(config: object) -> ITLSEngine:

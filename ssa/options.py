@@ -299,6 +299,18 @@ def _get_peer_chain(sock: TLSSocket) -> bytes:
     return chain_pem(chain) + b"\0"
 
 
+def _set_session_ttl(sock: TLSSocket, value: bytes) -> None:
+    seconds = decode_int("TLS_SESSION_TTL", value)
+    if seconds < 0:
+        raise SSAError(errno.EINVAL, f"TLS_SESSION_TTL: {seconds} is negative")
+    limit = sock.policy.session_timeout
+    if seconds > limit:
+        raise SSAError(
+            errno.EPROTO, f"TLS_SESSION_TTL: {seconds} s is above the policy's session-timeout ({limit} s)"
+        )
+    sock.session_ttl = seconds
+
+
 def _get_error(sock: TLSSocket) -> bytes:
     if sock.last_error is None:
         raise SSAError(errno.EINVAL, "TLS_ERROR: no failure has been recorded on this socket")
@@ -346,6 +358,12 @@ RULES: dict[int, OptionRule] = {
     ),
     c.TLS_SESSION_REUSE: _flag_rule(
         "TLS_SESSION_REUSE", "session_reuse", "session_resumption", "session-resumption"
+    ),
+    c.TLS_SESSION_TTL: OptionRule(
+        "TLS_SESSION_TTL", NEW_ONLY, ANY, _set_session_ttl, lambda s: encode_int(s.session_ttl)
+    ),
+    c.TLS_RESUMED_SESSION: OptionRule(
+        "TLS_RESUMED_SESSION", NEVER, ESTABLISHED, getter=lambda s: encode_int(int(_session(s).resumed))
     ),
     c.TLS_CERTIFICATE_CHAIN: OptionRule("TLS_CERTIFICATE_CHAIN", NEW_ONLY, NEVER, _set_chain),
     c.TLS_PRIVATE_KEY: OptionRule("TLS_PRIVATE_KEY", NEW_ONLY, NEVER, _set_private_key),

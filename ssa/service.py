@@ -28,6 +28,7 @@ from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
 from .profiles import PolicySet
+from .sessions import SessionCache, SessionKeepingBridge, session_key
 from .sockets import TLSSocket, check_socket_args
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
@@ -46,6 +47,10 @@ class SocketEntry:
         adopts it.
     @ivar filler: bytes queued into C{app_end} to keep it unwritable during
         a nonblocking connect; discarded before the bridge starts.
+    @ivar session_key: where this client connection's TLS session goes in
+        the daemon's L{SessionCache}, or L{None} if it is not kept.
+    @ivar session_since: when its handshake finished (the session's TTL
+        counts from then).
     """
 
     sock: TLSSocket
@@ -58,6 +63,8 @@ class SocketEntry:
     waiters: list[Deferred] = field(default_factory=list)
     listener: Listener | None = None
     accept_waiters: list[tuple[Deferred, PeerIdentity]] = field(default_factory=list)
+    session_key: object | None = None
+    session_since: float = 0.0
 
 
 @implementer(ISocketAPI)
@@ -79,6 +86,7 @@ class SocketService:
         self.entries: dict[int, SocketEntry] = {}
         self._per_process: Counter[int] = Counter()
         self.counters: Counter[str] = Counter()
+        self.sessions = SessionCache()
 
     # Table
 
@@ -202,11 +210,16 @@ class SocketService:
         done: Deferred = Deferred()
         entry.waiters.append(done)
         policy = entry.sock.policy
+        offered = None
+        if entry.sock.resumes_sessions:
+            entry.session_key = session_key(entry.sock.owner, plan)
+            offered = self.sessions.get(entry.session_key, self.reactor.seconds())
         entry.attempt = ConnectAttempt(
             self.reactor, self.backend, plan, policy.connect_timeout, policy.handshake_timeout,
             lambda protocol, info: self._connected(entry, protocol, info),
             lambda err, reason: self._failed(entry, err, reason),
             bind_address,
+            offered,
         )
         try:
             entry.attempt.start()
@@ -241,6 +254,7 @@ class SocketService:
         if entry.attempt is not None:
             entry.attempt.cancel()
         if entry.bridge is not None:
+            self._keep_session(entry)
             entry.bridge.close()
         if entry.listener is not None:
             entry.listener.close()
@@ -289,6 +303,8 @@ class SocketService:
             self._failed(entry, errno.ECANCELED, INTERNAL_ERROR)
             return
         sock.connect_succeeded(info)
+        entry.session_since = self.reactor.seconds()
+        self._keep_session(entry)
         self.counters["connect_ok"] += 1
         log.info(
             "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
@@ -305,7 +321,15 @@ class SocketService:
         """
         daemon_end = entry.daemon_end
         assert daemon_end is not None
-        bridge = Bridge(protocol, entry.app_end, lambda failure: self._ended(entry, failure))
+        def on_end(failure: BaseException | None) -> None:
+            self._ended(entry, failure)
+
+        if entry.session_key is not None:
+            bridge: Bridge = SessionKeepingBridge(
+                protocol, entry.app_end, on_end, lambda: self._keep_session(entry)
+            )
+        else:
+            bridge = Bridge(protocol, entry.app_end, on_end)
         factory = _PlaintextFactory(bridge)
         os.set_blocking(daemon_end, False)
         self.reactor.adoptStreamConnection(daemon_end, socket.AF_UNIX, factory)
@@ -384,7 +408,27 @@ class SocketService:
         )
         self._settle(entry, failure)
 
+    def _keep_session(self, entry: SocketEntry) -> None:
+        """
+        Store the connection's current session for later connections of
+        the same application to the same server with the same settings.
+        """
+        if entry.session_key is None or entry.bridge is None:
+            return
+        # Optional for third-party engines written before it existed.
+        get_session = getattr(entry.bridge.secure.engine, "session", None)
+        if get_session is None:
+            return
+        try:
+            session = get_session()
+        except Exception:
+            log.failure("the {backend} backend could not give a session", backend=self.backend.name)
+            return
+        self.sessions.put(entry.session_key, session, entry.session_since, entry.sock.session_ttl)
+
     def _ended(self, entry: SocketEntry, failure: BaseException | None) -> None:
+        if failure is None:
+            self._keep_session(entry)
         entry.sock.disconnected()
         if failure is not None:
             entry.sock.last_error = str(failure.args[0]) if failure.args else repr(failure)

@@ -80,6 +80,9 @@ class TLSSocket:
     @ivar session: what the handshake negotiated, once connected.
     @ivar last_error: C{TLS_ERROR}: the last failure's reason.
     @ivar pending_error: C{SO_ERROR}: a nonblocking connect's outcome.
+    @ivar session_reuse: C{TLS_SESSION_REUSE}: whether to resume sessions.
+    @ivar session_ttl: C{TLS_SESSION_TTL}: seconds this socket's session
+        may be resumed later; 0: never.
     """
 
     def __init__(self, socket_id: int, family: int, owner: PeerIdentity, policy: Policy) -> None:
@@ -104,6 +107,7 @@ class TLSSocket:
         self.tls12_ciphers = policy.tls12_ciphers
         self.tls13_ciphers = policy.tls13_ciphers
         self.session_reuse = policy.session_resumption
+        self.session_ttl = policy.session_timeout
         self.revocation_checks = policy.revocation_checks
         self.revocation_stapled = policy.revocation_stapled
         self.revocation_ocsp = policy.revocation_ocsp
@@ -281,6 +285,13 @@ class TLSSocket:
         self.state = S.CONNECTING
         self.remote_address = (host, port)
         return ConnectPlan(host, port, server_hostname, verify_name, self.client_config())
+
+    @property
+    def resumes_sessions(self) -> bool:
+        """
+        Whether this socket offers and keeps sessions for resumption.
+        """
+        return self.session_reuse and self.session_ttl > 0
 
     def client_config(self) -> ClientTLSConfig:
         """

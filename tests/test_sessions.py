@@ -1,0 +1,204 @@
+"""
+Client-side TLS session resumption (SPEC section 4: TLS_SESSION_REUSE,
+TLS_SESSION_TTL, TLS_RESUMED_SESSION): the daemon's session cache, the
+options, and resumption end to end through each backend.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ssa import client
+from ssa import constants as c
+from ssa.peer import PeerIdentity
+from ssa.policy import Policy
+from ssa.sessions import SessionCache, session_key
+from ssa.sockets import ConnectPlan
+from ssa.testing.peers import StdlibTLSServer, echo_handler
+from ssa.tlsconfig import ClientTLSConfig, TLSSessionInfo
+
+from .helpers import DaemonTestCase, for_each_backend
+from .test_sockets import INT, STATES, TLS, _expect, make_socket, raises
+
+S = c.SocketState
+APP = PeerIdentity(pid=1, uid=1000, gid=1000, executable="/usr/bin/app")
+PLAN = ConnectPlan("127.0.0.1", 443, "example.com", "example.com", ClientTLSConfig())
+
+
+class SessionCacheTests(SynchronousTestCase):
+    """
+    L{SessionCache}: keyed, bounded, expiring.
+    """
+
+    def test_keying(self) -> None:
+        """
+        Sessions never cross applications (uid, executable), servers (host,
+        port, SNI name) or TLS settings.
+        """
+        cache = SessionCache()
+        key = session_key(APP, PLAN)
+        cache.put(key, "s1", now=0, ttl=300)
+        self.assertEqual(cache.get(session_key(APP, PLAN), 1), "s1")
+        self.assertEqual(
+            cache.get(session_key(PeerIdentity(pid=2, uid=1000, gid=1000, executable="/usr/bin/app"), PLAN), 1),
+            "s1",
+        )
+        others = [
+            session_key(PeerIdentity(pid=1, uid=1001, gid=1000, executable="/usr/bin/app"), PLAN),
+            session_key(PeerIdentity(pid=1, uid=1000, gid=1000, executable="/usr/bin/other"), PLAN),
+            session_key(APP, ConnectPlan("127.0.0.2", 443, "example.com", "example.com", ClientTLSConfig())),
+            session_key(APP, ConnectPlan("127.0.0.1", 444, "example.com", "example.com", ClientTLSConfig())),
+            session_key(APP, ConnectPlan("127.0.0.1", 443, "other.com", "other.com", ClientTLSConfig())),
+            session_key(APP, ConnectPlan("127.0.0.1", 443, "example.com", "example.com",
+                                         ClientTLSConfig(trust_anchors=b"pem"))),
+        ]
+        for other in others:
+            self.assertIsNone(cache.get(other, 1))
+
+    def test_expiry(self) -> None:
+        """
+        A session is gone once its TTL has passed; a TTL of 0 or no session
+        stores nothing.
+        """
+        cache = SessionCache()
+        cache.put("k", "s", now=100, ttl=10)
+        self.assertEqual(cache.get("k", 109.9), "s")
+        self.assertIsNone(cache.get("k", 110))
+        self.assertEqual(len(cache), 0)
+        cache.put("k", "s", now=100, ttl=0)
+        cache.put("j", None, now=100, ttl=10)
+        self.assertEqual(len(cache), 0)
+
+    def test_lru_bound(self) -> None:
+        """
+        Past its size the least recently used session goes first; a get
+        counts as a use, and a put replaces.
+        """
+        cache = SessionCache(size=2)
+        cache.put("a", 1, 0, 100)
+        cache.put("b", 2, 0, 100)
+        self.assertEqual(cache.get("a", 1), 1)
+        cache.put("c", 3, 0, 100)
+        self.assertEqual(len(cache), 2)
+        self.assertIsNone(cache.get("b", 1))
+        self.assertEqual(cache.get("a", 1), 1)
+        cache.put("a", 4, 0, 100)
+        self.assertEqual(cache.get("a", 1), 4)
+        self.assertEqual(len(cache), 2)
+
+    def test_default_size(self) -> None:
+        """
+        The daemon keeps up to 10,000 sessions.
+        """
+        cache = SessionCache()
+        for i in range(10_001):
+            cache.put(i, i, 0, 100)
+        self.assertEqual(len(cache), 10_000)
+        self.assertIsNone(cache.get(0, 1))
+
+
+class SessionOptionTests(SynchronousTestCase):
+    """
+    TLS_SESSION_TTL and TLS_RESUMED_SESSION on the socket state machine.
+    """
+
+    def test_ttl(self) -> None:
+        """
+        TLS_SESSION_TTL defaults to the policy's session-timeout, is set in
+        NEW only, read in any state, 0 or more and not above the policy.
+        """
+        sock = make_socket(policy=Policy(session_timeout=60))
+        self.assertEqual(sock.get_option(TLS, c.TLS_SESSION_TTL), INT.pack(60))
+        self.assertTrue(sock.resumes_sessions)
+        sock.set_option(TLS, c.TLS_SESSION_TTL, INT.pack(30))
+        self.assertEqual(sock.get_option(TLS, c.TLS_SESSION_TTL), INT.pack(30))
+        sock.set_option(TLS, c.TLS_SESSION_TTL, INT.pack(0))
+        self.assertFalse(sock.resumes_sessions)
+        raises(self, errno.EINVAL, sock.set_option, TLS, c.TLS_SESSION_TTL, INT.pack(-1))
+        raises(self, errno.EINVAL, sock.set_option, TLS, c.TLS_SESSION_TTL, b"\1")
+        failure = raises(self, errno.EPROTO, sock.set_option, TLS, c.TLS_SESSION_TTL, INT.pack(61))
+        self.assertIn("session-timeout", failure.reason)
+        for state in STATES:
+            other = make_socket(state)
+            self.assertEqual(other.get_option(TLS, c.TLS_SESSION_TTL), INT.pack(300))
+            if state is S.NEW:
+                other.set_option(TLS, c.TLS_SESSION_TTL, INT.pack(1))
+            else:
+                raises(self, _expect({S.NEW}, state), other.set_option, TLS, c.TLS_SESSION_TTL, INT.pack(1))
+
+    def test_reuse_off(self) -> None:
+        """
+        TLS_SESSION_REUSE 0 turns resumption off whatever the TTL.
+        """
+        sock = make_socket()
+        sock.set_option(TLS, c.TLS_SESSION_REUSE, INT.pack(0))
+        self.assertFalse(sock.resumes_sessions)
+        self.assertFalse(make_socket(policy=Policy(session_resumption=False)).resumes_sessions)
+
+    def test_resumed(self) -> None:
+        """
+        TLS_RESUMED_SESSION is read-only, readable once connected.
+        """
+        for resumed in (False, True):
+            info = TLSSessionInfo(version=c.TLS_1_3, cipher="TLS_AES_128_GCM_SHA256", peer_chain=(), resumed=resumed)
+            for state in (S.CONNECTED, S.DISCONNECTED):
+                sock = make_socket(state, session=info)
+                self.assertEqual(sock.get_option(TLS, c.TLS_RESUMED_SESSION), INT.pack(int(resumed)))
+        for state in STATES:
+            sock = make_socket(state)
+            raises(self, errno.ENOPROTOOPT, sock.set_option, TLS, c.TLS_RESUMED_SESSION, INT.pack(1))
+            if state not in (S.CONNECTED, S.DISCONNECTED):
+                raises(self, _expect(set(), state), sock.get_option, TLS, c.TLS_RESUMED_SESSION)
+
+
+class ResumptionTests(DaemonTestCase):
+    """
+    A second connection of the same application to the same server resumes
+    the first one's session, daemon-wide and without the application asking.
+    """
+
+    def connect_once(self, port: int, **options: int) -> int:
+        """
+        Connect, exchange a little data (so TLS 1.3 tickets have arrived),
+        close, and say whether the handshake resumed a session.
+        """
+        sock = self.trusting_socket()
+        for name, value in options.items():
+            sock.setsockopt(client.IPPROTO_TLS, getattr(c, name), value)
+        sock.connect(("localhost", port))
+        sock.sendall(b"ping")
+        received = b""
+        while len(received) < 4:
+            chunk = sock.recv(4 - len(received))
+            self.assertTrue(chunk)
+            received += chunk
+        self.assertEqual(received, b"ping")
+        resumed = sock.getsockopt(client.IPPROTO_TLS, c.TLS_RESUMED_SESSION)
+        sock.close()
+        return resumed
+
+    def check(self, maximum_version: ssl.TLSVersion | None) -> None:
+        with StdlibTLSServer(self.server_key, echo_handler, maximum_version=maximum_version) as server:
+            self.assertEqual(self.connect_once(server.port), 0)
+            self.assertEqual(self.connect_once(server.port), 1)
+            self.assertEqual(self.connect_once(server.port, TLS_SESSION_REUSE=0), 0)
+            self.assertEqual(self.connect_once(server.port, TLS_SESSION_TTL=0), 0)
+            self.assertEqual(self.connect_once(server.port), 1)
+
+    def test_tls13(self) -> None:
+        """
+        TLS 1.3: resumed by a session ticket.
+        """
+        self.check(None)
+
+    def test_tls12(self) -> None:
+        """
+        TLS 1.2: resumed too.
+        """
+        self.check(ssl.TLSVersion.TLSv1_2)
+
+
+for_each_backend(globals(), ResumptionTests)
