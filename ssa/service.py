@@ -18,10 +18,10 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from . import descriptors
+from . import descriptors, netoptions
 from .bridge import Bridge, PlaintextSide
 from .connector import INTERNAL_ERROR, ConnectAttempt
-from .constants import SocketState, version_name
+from .constants import IPPROTO_TLS, SocketState, version_name
 from .errors import SSAError
 from .interfaces import ISocketAPI, ITLSBackend
 from .listener import Listener, PendingConnection
@@ -230,9 +230,13 @@ class SocketService:
 
     def setsockopt(self, socket_id: int, level: int, name: int, value: bytes) -> None:
         """
-        C{setsockopt()}.
+        C{setsockopt()}; options of the network side apply at once to a
+        live connection.
         """
-        self.entry(socket_id).sock.set_option(level, name, value)
+        entry = self.entry(socket_id)
+        entry.sock.set_option(level, name, value)
+        if entry.bridge is not None and level != IPPROTO_TLS:
+            self._apply_network_options(entry)
 
     def getsockopt(self, socket_id: int, level: int, name: int) -> bytes:
         """
@@ -303,6 +307,7 @@ class SocketService:
             self._failed(entry, errno.ECANCELED, INTERNAL_ERROR)
             return
         sock.connect_succeeded(info)
+        self._apply_network_options(entry)
         entry.session_since = self.reactor.seconds()
         self._keep_session(entry)
         self.counters["connect_ok"] += 1
@@ -338,6 +343,19 @@ class SocketService:
         bridge.attach(factory.built)
         entry.bridge = bridge
         return bridge
+
+    @staticmethod
+    def _apply_network_options(entry: SocketEntry) -> None:
+        """
+        Set the socket's SOL_SOCKET/IPPROTO_TCP options on its connection.
+        """
+        transport = entry.bridge.secure.transport if entry.bridge is not None else None
+        if transport is None or not entry.sock.network_options:
+            return
+        try:
+            netoptions.apply(transport.getHandle(), entry.sock.network_options)
+        except OSError as e:
+            log.info("could not set network options on {sock}: {error}", sock=entry.sock, error=e)
 
     def _accept_ready(self, entry: SocketEntry) -> None:
         """
@@ -375,6 +393,7 @@ class SocketService:
         accepted = self.entries[sock.id]
         sock.accepted_from(entry.sock, pending.peer, pending.session)
         bridge = self._join(accepted, protocol)
+        self._apply_network_options(accepted)
         for data in pending.buffered:
             bridge.tls_data_received(data)
         if pending.peer_closed:

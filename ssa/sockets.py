@@ -16,7 +16,8 @@ from cryptography import x509
 
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
 from .errors import SSAError
-from .options import INT, RULES, OptionRule, is_ip_literal
+from . import netoptions
+from .options import ANY, INT, RULES, OptionRule, decode_int, is_ip_literal
 from .peer import PeerIdentity
 from .policy import Policy
 from .tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, TLSSessionInfo, chain_pem
@@ -100,6 +101,7 @@ class TLSSocket:
         self.session: TLSSessionInfo | None = None
         self.last_error: str | None = None
         self.pending_error = 0
+        self.network_options: dict[tuple[int, int], int] = {}
         self.chains: dict[str, tuple[x509.Certificate, ...]] = {}
         self.keys: dict[str, bytes] = {}
         self.request_peer_auth = False
@@ -142,6 +144,15 @@ class TLSSocket:
         """
         C{setsockopt}: apply a wire value, or raise L{SSAError}.
         """
+        if level != IPPROTO_TLS:
+            self._check_network_option(level, name)
+            try:
+                number = decode_int(netoptions.NAMES[level, name], value)
+                netoptions.check(level, name, number)
+            except SSAError as e:
+                raise self.fail(e.errno, e.reason) from None
+            self.network_options[level, name] = number
+            return
         rule = self._rule(level, name)
         if rule.setter is None:
             raise self.fail(errno.ENOPROTOOPT, f"{rule.name} can be read but not set")
@@ -158,6 +169,9 @@ class TLSSocket:
         if level == socket.SOL_SOCKET and name == socket.SO_ERROR:
             pending, self.pending_error = self.pending_error, 0
             return INT.pack(pending)
+        if level != IPPROTO_TLS:
+            self._check_network_option(level, name)
+            return INT.pack(self.network_options.get((level, name), 0))
         rule = self._rule(level, name)
         if rule.getter is None:
             raise self.fail(errno.ENOPROTOOPT, f"{rule.name} can be set but not read")
@@ -168,6 +182,13 @@ class TLSSocket:
             if name == TLS_ERROR:
                 raise
             raise self.fail(e.errno, e.reason) from None
+
+    def _check_network_option(self, level: int, name: int) -> None:
+        try:
+            netoptions.check(level, name, 0)
+        except SSAError as e:
+            raise self.fail(e.errno, e.reason) from None
+        self._check_state(ANY - {S.ERROR}, f"option {netoptions.NAMES[level, name]}")
 
     def _rule(self, level: int, name: int) -> OptionRule:
         if level != IPPROTO_TLS:
@@ -250,6 +271,7 @@ class TLSSocket:
         self.bound_address = listener.bound_address
         self.hostname = session.server_name
         self.request_peer_auth = listener.request_peer_auth
+        self.network_options = dict(listener.network_options)
         self.connect_succeeded(session)
 
     def start_connect(self, address: tuple[int, str, int]) -> ConnectPlan:

@@ -29,6 +29,21 @@ TLS = client.IPPROTO_TLS
 MIB = 1 << 20
 
 
+def _keepalive_timers(remote_port: int) -> list[str]:
+    """
+    The C{timer_active} field of each established TCP socket in this
+    namespace connected to C{remote_port} ("02" means keepalive).
+    """
+    timers = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            remote, state, timer = fields[2], fields[3], fields[5].split(":")[0]
+            if int(remote.split(":")[1], 16) == remote_port and state == "01":
+                timers.append(timer)
+    return timers
+
+
 def recv_exactly(sock, size: int) -> bytes:
     """
     Read exactly C{size} bytes.
@@ -95,6 +110,25 @@ class ConnectTests(DaemonTestCase):
             sock.connect(("127.0.0.1", server.port))
             self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_2)
             self.assertTrue(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).startswith(b"ECDHE-"))
+
+    def test_tcp_options_reach_the_network_socket(self) -> None:
+        """
+        TCP_NODELAY and SO_KEEPALIVE set before connect apply to the daemon's
+        TCP connection: the peer's view of the connection cannot show them,
+        so look at the daemon's socket through /proc (the connection from
+        our port to the server's).
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+            sock.connect(("127.0.0.1", server.port))
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE), 77)
+            timers = _keepalive_timers(server.port)
+            self.assertEqual(len(timers), 1, timers)
+            self.assertEqual(timers[0], "02", "the daemon's socket runs the keepalive timer")
 
     def test_disabled_ciphers_are_not_offered(self) -> None:
         """

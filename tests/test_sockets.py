@@ -270,7 +270,27 @@ class OptionWalkTests(SynchronousTestCase):
         sock = make_socket()
         raises(self, errno.ENOPROTOOPT, sock.set_option, TLS, 9999, b"")
         raises(self, errno.ENOPROTOOPT, sock.get_option, TLS, 9999)
-        raises(self, errno.ENOPROTOOPT, sock.get_option, socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        raises(self, errno.ENOPROTOOPT, sock.get_option, socket.IPPROTO_TCP, socket.TCP_CORK)
+        raises(self, errno.ENOPROTOOPT, sock.set_option, socket.SOL_SOCKET, socket.SO_REUSEPORT, INT.pack(1))
+
+    def test_network_options(self) -> None:
+        """
+        TCP_NODELAY, SO_KEEPALIVE and friends are stored for the network
+        socket in any usable state; malformed values EINVAL; ERROR EBADFD.
+        """
+        for state in [S.NEW, S.CONNECTING, S.CONNECTED, S.LISTENING]:
+            sock = make_socket(state)
+            self.assertEqual(sock.get_option(socket.IPPROTO_TCP, socket.TCP_NODELAY), INT.pack(0))
+            sock.set_option(socket.IPPROTO_TCP, socket.TCP_NODELAY, INT.pack(1))
+            sock.set_option(socket.SOL_SOCKET, socket.SO_KEEPALIVE, INT.pack(1))
+            self.assertEqual(sock.get_option(socket.IPPROTO_TCP, socket.TCP_NODELAY), INT.pack(1))
+            self.assertEqual(sock.network_options, {
+                (socket.IPPROTO_TCP, socket.TCP_NODELAY): 1, (socket.SOL_SOCKET, socket.SO_KEEPALIVE): 1,
+            })
+        sock = make_socket()
+        raises(self, errno.EINVAL, sock.set_option, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, b"\x01")
+        raises(self, errno.EINVAL, sock.set_option, socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, INT.pack(-5))
+        raises(self, errno.EBADFD, make_socket(S.ERROR).set_option, socket.IPPROTO_TCP, socket.TCP_NODELAY, INT.pack(1))
 
     def test_values(self) -> None:
         """
