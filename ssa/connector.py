@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
@@ -17,6 +19,7 @@ from zope.interface import implementer
 from .errors import TLSFailure, TLSTruncated
 from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSStreamListener
+from .options import is_ip_literal
 from .sockets import ConnectPlan
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
@@ -60,6 +63,7 @@ class ConnectAttempt(ClientFactory):
         self._bind_address = bind_address
         self._session = session
         self._connector = None
+        self._resolving: Deferred | None = None
         self._protocol: TLSStreamProtocol | None = None
         self._timer: IDelayedCall | None = None
         self._done = False
@@ -69,10 +73,20 @@ class ConnectAttempt(ClientFactory):
         Begin with the TCP connection.
         """
         plan = self._plan
-        self._connector = self._reactor.connectTCP(
-            plan.host, plan.port, self, timeout=self._connect_timeout,
+        if is_ip_literal(plan.host):
+            self._connector = self._reactor.connectTCP(
+                plan.host, plan.port, self, timeout=self._connect_timeout,
+                bindAddress=self._bind_address,
+            )
+            return
+        # An AF_HOSTNAME name: resolve it, IPv4 and IPv6, and try the
+        # addresses the way HostnameEndpoint does (RFC 8305).
+        endpoint = HostnameEndpoint(
+            self._reactor, plan.host, plan.port, timeout=self._connect_timeout,
             bindAddress=self._bind_address,
         )
+        self._resolving = endpoint.connect(self)
+        self._resolving.addErrback(lambda reason: self.clientConnectionFailed(None, reason))
 
     def cancel(self) -> None:
         """
@@ -86,6 +100,8 @@ class ConnectAttempt(ClientFactory):
             self._protocol.transport.abortConnection()
         elif self._connector is not None:
             self._connector.stopConnecting()
+        elif self._resolving is not None:
+            self._resolving.cancel()
 
     # ClientFactory
 

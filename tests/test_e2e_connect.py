@@ -111,6 +111,21 @@ class ConnectTests(DaemonTestCase):
             self.assertEqual(sock.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_2)
             self.assertTrue(sock.getsockopt(TLS, client.TLS_CHOSEN_CIPHER, 256).startswith(b"ECDHE-"))
 
+    def test_af_hostname(self) -> None:
+        """
+        An AF_HOSTNAME socket connects to a name: the daemon resolves it and
+        verifies the certificate against it, with no TLS_HOSTNAME set.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.tls_socket(family=client.AF_HOSTNAME)
+            sock.setsockopt(TLS, client.TLS_TRUSTED_PEER_CERTIFICATES, self.ca.cert_pem())
+            sock.connect(("localhost", server.port))
+            self.assertEqual(sock.getsockopt(TLS, client.TLS_HOSTNAME, 256).rstrip(b"\0"), b"localhost")
+            sock.sendall(b"by name")
+            self.assertEqual(recv_exactly(sock, 7), b"by name")
+        refused = self.tls_socket(family=client.AF_HOSTNAME)
+        self.assertConnectFails(refused, ("localhost", free_port()), errno.ECONNABORTED, "refused")
+
     def test_tcp_options_reach_the_network_socket(self) -> None:
         """
         TCP_NODELAY and SO_KEEPALIVE set before connect apply to the daemon's
