@@ -359,6 +359,14 @@ RULES: dict[int, OptionRule] = {
     c.TLS_SESSION_REUSE: _flag_rule(
         "TLS_SESSION_REUSE", "session_reuse", "session_resumption", "session-resumption"
     ),
+    c.TLS_SERVER_OCSP_STAPLING: OptionRule(
+        "TLS_SERVER_OCSP_STAPLING", NEW_ONLY, ANY,
+        _set_flag("TLS_SERVER_OCSP_STAPLING", "server_ocsp_stapling"),
+        lambda s: encode_int(int(s.server_ocsp_stapling)),
+    ),
+    c.TLS_CONTEXT: OptionRule(
+        "TLS_CONTEXT", NEW_ONLY, NEW_ONLY, lambda s, v: s.context_from_wire(v), lambda s: U64.pack(s.id)
+    ),
     c.TLS_SESSION_TTL: OptionRule(
         "TLS_SESSION_TTL", NEW_ONLY, ANY, _set_session_ttl, lambda s: encode_int(s.session_ttl)
     ),

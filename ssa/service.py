@@ -119,6 +119,7 @@ class SocketService:
             socket_id = secrets.randbits(64) or 1
         app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sock = TLSSocket(socket_id, family, owner, policy)
+        sock.lookup_context = self._context_socket
         self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach())
         self._per_process[owner.pid] += 1
         self.counters["sockets_opened"] += 1
@@ -273,6 +274,10 @@ class SocketService:
         entry.daemon_end = None
         entry.app_end = -1
         entry.sock.close()
+
+    def _context_socket(self, socket_id: int) -> TLSSocket | None:
+        entry = self.entries.get(socket_id)
+        return None if entry is None else entry.sock
 
     def reload(self, policies: PolicySet) -> int:
         """

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -17,7 +18,7 @@ from cryptography import x509
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
 from .errors import SSAError
 from . import netoptions
-from .options import ANY, INT, RULES, OptionRule, decode_int, is_ip_literal
+from .options import ANY, INT, RULES, U64, OptionRule, decode_int, is_ip_literal
 from .peer import PeerIdentity
 from .policy import Policy
 from .tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, TLSSessionInfo, chain_pem
@@ -102,6 +103,8 @@ class TLSSocket:
         self.last_error: str | None = None
         self.pending_error = 0
         self.network_options: dict[tuple[int, int], int] = {}
+        self.server_ocsp_stapling = False
+        self.lookup_context: Callable[[int], TLSSocket | None] = lambda socket_id: None
         self.chains: dict[str, tuple[x509.Certificate, ...]] = {}
         self.keys: dict[str, bytes] = {}
         self.request_peer_auth = False
@@ -182,6 +185,35 @@ class TLSSocket:
             if name == TLS_ERROR:
                 raise
             raise self.fail(e.errno, e.reason) from None
+
+    # Settings shared through TLS_CONTEXT: everything an application can
+    # set that shapes the TLS connection (not its identity or addresses).
+    SHARED_SETTINGS = (
+        "hostname", "trust_anchors", "version_min", "version_max", "tls12_ciphers", "tls13_ciphers",
+        "alpn", "session_reuse", "session_ttl", "revocation_checks", "revocation_stapled",
+        "revocation_ocsp", "revocation_crl", "revocation_cached", "request_peer_auth",
+        "server_ocsp_stapling",
+    )
+
+    def context_from_wire(self, value: bytes) -> None:
+        """
+        C{setsockopt(TLS_CONTEXT)}: copy the settings of the socket whose
+        C{TLS_CONTEXT} handle C{value} is (one of the same application,
+        under the same policy); the daemon-wide session cache then serves
+        both, since their settings are equal.
+        """
+        if len(value) != U64.size:
+            raise SSAError(errno.EINVAL, f"TLS_CONTEXT: expected an {U64.size}-byte handle")
+        (handle,) = U64.unpack(value)
+        source = self.lookup_context(handle)
+        if source is None or source.owner.uid != self.owner.uid:
+            raise SSAError(errno.EINVAL, f"TLS_CONTEXT: {handle:#x} is not a socket of this application")
+        if source.policy != self.policy:
+            raise SSAError(errno.EINVAL, "TLS_CONTEXT: that socket runs under another policy")
+        for name in self.SHARED_SETTINGS:
+            setattr(self, name, getattr(source, name))
+        self.network_options = dict(source.network_options)
+        self.chains, self.keys = dict(source.chains), dict(source.keys)
 
     def _check_network_option(self, level: int, name: int) -> None:
         try:

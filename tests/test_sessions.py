@@ -160,12 +160,16 @@ class ResumptionTests(DaemonTestCase):
     the first one's session, daemon-wide and without the application asking.
     """
 
-    def connect_once(self, port: int, **options: int) -> int:
+    def connect_once(self, port: int, context: bytes | None = None, **options: int) -> int:
         """
         Connect, exchange a little data (so TLS 1.3 tickets have arrived),
         close, and say whether the handshake resumed a session.
         """
-        sock = self.trusting_socket()
+        if context is None:
+            sock = self.trusting_socket()
+        else:
+            sock = self.tls_socket()
+            sock.setsockopt(client.IPPROTO_TLS, c.TLS_CONTEXT, context)
         for name, value in options.items():
             sock.setsockopt(client.IPPROTO_TLS, getattr(c, name), value)
         sock.connect(("localhost", port))
@@ -199,6 +203,23 @@ class ResumptionTests(DaemonTestCase):
         TLS 1.2: resumed too.
         """
         self.check(ssl.TLSVersion.TLSv1_2)
+
+    def test_ten_sockets_share_a_context(self) -> None:
+        """
+        The original SSA's TenSocketSessionReuse: a template socket that
+        never connects exports its settings with TLS_CONTEXT; ten sockets
+        adopting them connect, and nine resume. Its
+        TenSocketDisabledSessionReuse: with reuse off on the template, none
+        does.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            for reuse, expected in [(0, [0] * 10), (1, [0] + [1] * 9)]:
+                template = self.trusting_socket()
+                template.setsockopt(client.IPPROTO_TLS, c.TLS_SESSION_REUSE, reuse)
+                handle = template.getsockopt(client.IPPROTO_TLS, c.TLS_CONTEXT, 8)
+                results = [self.connect_once(server.port, context=handle) for _ in range(10)]
+                self.assertEqual(results, expected)
+                template.close()
 
 
 for_each_backend(globals(), ResumptionTests)

@@ -438,3 +438,45 @@ class BoundedOptionTests(SynchronousTestCase):
         no_resume = make_socket(policy=Policy(session_resumption=False))
         failure = raises(self, errno.EPROTO, no_resume.set_option, TLS, c.TLS_SESSION_REUSE, INT.pack(1))
         self.assertIn("session-resumption", failure.reason)
+
+
+class ContextTests(SynchronousTestCase):
+    """
+    TLS_CONTEXT and TLS_SERVER_OCSP_STAPLING.
+    """
+
+    def test_context(self) -> None:
+        """
+        Get (NEW) gives the 8-byte handle; set copies the settings of a
+        socket of the same application and policy, and refuses others.
+        """
+        source = make_socket()
+        source.set_option(TLS, c.TLS_VERSION_MIN, INT.pack(c.TLS_1_3))
+        source.set_option(TLS, c.TLS_HOSTNAME, b"example.test\0")
+        handle = source.get_option(TLS, c.TLS_CONTEXT)
+        self.assertEqual(handle, struct.pack("Q", source.id))
+        target = TLSSocket(2, socket.AF_INET, OWNER, Policy())
+        target.lookup_context = {source.id: source}.get
+        target.set_option(TLS, c.TLS_CONTEXT, handle)
+        self.assertEqual((target.version_min, target.hostname), (c.TLS_1_3, "example.test"))
+        self.assertEqual(target.client_config(), source.client_config())
+        raises(self, errno.EINVAL, target.set_option, TLS, c.TLS_CONTEXT, struct.pack("Q", 99))
+        raises(self, errno.EINVAL, target.set_option, TLS, c.TLS_CONTEXT, b"short")
+        stranger = TLSSocket(3, socket.AF_INET, PeerIdentity(1, 2, 2), Policy())
+        stranger.lookup_context = {source.id: source}.get
+        raises(self, errno.EINVAL, stranger.set_option, TLS, c.TLS_CONTEXT, handle)
+        other_policy = TLSSocket(4, socket.AF_INET, OWNER, Policy(verify_depth=3))
+        other_policy.lookup_context = {source.id: source}.get
+        raises(self, errno.EINVAL, other_policy.set_option, TLS, c.TLS_CONTEXT, handle)
+        raises(self, errno.EOPNOTSUPP, make_socket(S.CONNECTED).get_option, TLS, c.TLS_CONTEXT)
+
+    def test_server_ocsp_stapling(self) -> None:
+        """
+        Stored as 0/1 in NEW, readable in any state.
+        """
+        sock = make_socket()
+        self.assertEqual(sock.get_option(TLS, c.TLS_SERVER_OCSP_STAPLING), INT.pack(0))
+        sock.set_option(TLS, c.TLS_SERVER_OCSP_STAPLING, INT.pack(1))
+        self.assertEqual(sock.get_option(TLS, c.TLS_SERVER_OCSP_STAPLING), INT.pack(1))
+        raises(self, errno.EINVAL, sock.set_option, TLS, c.TLS_SERVER_OCSP_STAPLING, INT.pack(2))
+        raises(self, errno.EOPNOTSUPP, make_socket(S.CONNECTED).set_option, TLS, c.TLS_SERVER_OCSP_STAPLING, INT.pack(1))
