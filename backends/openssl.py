@@ -271,6 +271,11 @@ def build_server_context(config: ServerTLSConfig) -> SSL.Context:
     # resume a session that had a verified client certificate without one);
     # distinct configurations get distinct ones.
     context.set_session_id(hashlib.sha256(repr(config).encode()).digest()[:32])
+    if config.session_timeout > 0:
+        context.set_timeout(config.session_timeout)
+    else:
+        context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        context.set_options(SSL.OP_NO_TICKET)
     return context
 
 

@@ -341,6 +341,13 @@ def build_server_context(config: ServerTLSConfig) -> ssl.SSLContext:
         raise TLSFailure("invalid TLS configuration: a server needs a certificate")
     context = _new_context(ssl.PROTOCOL_TLS_SERVER, config)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    if config.session_timeout <= 0:
+        # The ssl module cannot set the session timeout or turn the
+        # server's session-id cache off: with resumption off it issues no
+        # tickets (TLS 1.3 resumes only with them; TLS 1.2 session ids
+        # stay possible).
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
     seen: dict[str, str] = {}
     for number, credential in enumerate(config.credentials, 1):
         chain, key = check_credential(credential, number, seen)

@@ -293,6 +293,7 @@ class TLSSocket:
             client_anchors=self.trust_anchors if self.trust_anchors is not None else policy.trust_anchors,
             verify_depth=policy.verify_depth,
             alpn=self.alpn,
+            session_timeout=self.session_ttl if self.resumes_sessions else 0,
         )
 
     def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:

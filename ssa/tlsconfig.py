@@ -81,6 +81,8 @@ class ServerTLSConfig:
         for the system store.
     @ivar alpn: the protocols the server accepts, in its own preference
         order.
+    @ivar session_timeout: seconds a client may resume a session of this
+        server (the policy's C{session-timeout}); 0 turns resumption off.
     """
 
     credentials: tuple[Credential, ...]
@@ -92,6 +94,7 @@ class ServerTLSConfig:
     client_anchors: bytes | None = None
     verify_depth: int = 10
     alpn: tuple[str, ...] = ()
+    session_timeout: int = 300
 
 
 @dataclass(frozen=True)

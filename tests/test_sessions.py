@@ -222,4 +222,55 @@ class ResumptionTests(DaemonTestCase):
                 template.close()
 
 
-for_each_backend(globals(), ResumptionTests)
+class ServerResumptionTests(DaemonTestCase):
+    """
+    A server on an ssa socket lets clients resume within the policy's
+    session timeout, and not at all when the listener turns reuse off.
+    """
+
+    def resumed_twice(self, reuse: int) -> list[bool]:
+        import socket as _socket
+        import threading
+
+        listener = self.tls_socket()
+        listener.setsockopt(client.IPPROTO_TLS, c.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+        listener.setsockopt(client.IPPROTO_TLS, c.TLS_PRIVATE_KEY, self.server_key.key_pem())
+        listener.setsockopt(client.IPPROTO_TLS, c.TLS_SESSION_REUSE, reuse)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve() -> None:
+            for _ in range(2):
+                conn, _ = listener.accept()
+                with conn:
+                    conn.sendall(conn.recv(10))
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        context = ssl.create_default_context(cadata=self.ca.cert_pem().decode())
+        session, reused = None, []
+        for _ in range(2):
+            with context.wrap_socket(_socket.create_connection(("127.0.0.1", port), timeout=10),
+                                     server_hostname="localhost", session=session) as tls:
+                tls.sendall(b"hi")
+                self.assertEqual(tls.recv(10), b"hi")
+                reused.append(tls.session_reused)
+                session = tls.session
+        thread.join(10)
+        return reused
+
+    def test_resumes(self) -> None:
+        """
+        The second connection resumes.
+        """
+        self.assertEqual(self.resumed_twice(1), [False, True])
+
+    def test_reuse_off(self) -> None:
+        """
+        TLS_SESSION_REUSE 0 on the listener: no resumption.
+        """
+        self.assertEqual(self.resumed_twice(0), [False, False])
+
+
+for_each_backend(globals(), ResumptionTests, ServerResumptionTests)
