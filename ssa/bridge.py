@@ -126,7 +126,7 @@ class Bridge:
         The peer's close_notify: the application reads end-of-file.
         """
         assert self.plaintext is not None
-        self._peer_done_writing()
+        self._unregister_peer_producer()
         self.plaintext.transport.loseWriteConnection()
 
     def tls_connection_lost(self, failure: BaseException | None) -> None:
@@ -139,15 +139,15 @@ class Bridge:
             self.failure = failure
             self._signal_error()
         if self.plaintext is not None and not self._plaintext_gone:
-            self._peer_done_writing()
-            self._application_done_writing_producer()
+            self._unregister_peer_producer()
+            self._unregister_application_producer()
             self.plaintext.transport.loseConnection()
         self._maybe_end()
 
     # Flow control ends with each direction: a transport whose producer is
     # finished must not wait for it before closing.
 
-    def _peer_done_writing(self) -> None:
+    def _unregister_peer_producer(self) -> None:
         """
         No more data will come from the peer: the plaintext transport stops
         treating the TCP transport as its producer.
@@ -156,7 +156,11 @@ class Bridge:
         if self.plaintext.transport.producer is not None:
             self.plaintext.transport.unregisterProducer()
 
-    def _application_done_writing_producer(self) -> None:
+    def _unregister_application_producer(self) -> None:
+        """
+        No more data will come from the application: the TCP transport
+        stops treating the plaintext transport as its producer.
+        """
         transport = self.secure.transport
         if transport is not None and transport.producer is not None:
             transport.unregisterProducer()
@@ -167,7 +171,7 @@ class Bridge:
         send close_notify.
         """
         if not self._secure_gone:
-            self._application_done_writing_producer()
+            self._unregister_application_producer()
             self.secure.close_write()
 
     # Plaintext side
@@ -178,7 +182,7 @@ class Bridge:
         """
         self._plaintext_gone = True
         if not self._secure_gone:
-            self._application_done_writing_producer()
+            self._unregister_application_producer()
             self.secure.close()
         self._maybe_end()
 
@@ -191,10 +195,10 @@ class Bridge:
         self._closing = True
         if not self._secure_gone:
             self._forward_unread()
-            self._application_done_writing_producer()
+            self._unregister_application_producer()
             self.secure.close()
         if self.plaintext is not None and not self._plaintext_gone:
-            self._peer_done_writing()
+            self._unregister_peer_producer()
             self.plaintext.transport.loseConnection()
 
     def _forward_unread(self) -> None:
