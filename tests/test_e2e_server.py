@@ -445,6 +445,61 @@ class ServerErrorTests(DaemonTestCase):
         self.assertEqual(self.assertRaises(OSError, listener.setsockopt, TLS, client.TLS_HOSTNAME, "x").errno, errno.EOPNOTSUPP)
         self.assertEqual(self.assertRaises(OSError, listener.listen).errno, errno.EOPNOTSUPP)
 
+    def test_close_listener_wakes_blocked_accept(self) -> None:
+        """
+        An accept() blocked in another thread fails with EBADF when the
+        listener is closed, and the daemon keeps serving.
+        """
+        listener = self.tls_socket()
+        listener.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+        listener.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
+        listener.listen()
+        outcome: list[BaseException] = []
+
+        def accept() -> None:
+            try:
+                listener.accept()
+            except OSError as e:
+                outcome.append(e)
+
+        thread = threading.Thread(target=accept)
+        thread.start()
+        time.sleep(0.3)
+        listener.close()
+        thread.join(10)
+        self.assertFalse(thread.is_alive(), "accept() still blocked after close")
+        self.assertEqual([e.errno for e in outcome], [errno.EBADF])
+        self.assertEqual(self.tls_socket().getsockopt(TLS, client.TLS_VERSION_MIN), client.TLS_1_2)
+
+    def test_vanished_accepter_loses_no_connection(self) -> None:
+        """
+        A process that sent a blocking ACCEPT and died before a connection
+        came loses nothing for the next accept(): the connection waits for
+        it instead of going to the dead waiter.
+        """
+        from ssa import wire
+
+        listener = self.tls_socket()
+        listener.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+        listener.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        ghost = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ghost.connect(self.daemon.socket_path)
+        ghost.sendall(wire.encode_frame(wire.Op.ACCEPT, 1, listener.id, wire.ACCEPT_FLAGS.pack(0)))
+        time.sleep(0.2)
+        ghost.close()
+        time.sleep(0.2)
+        context = ssl.create_default_context(cadata=self.ca.cert_pem().decode())
+        port = listener.getsockname()[1]
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                 server_hostname="localhost") as tls:
+            tls.sendall(b"still here")
+            listener.settimeout(10)
+            conn, _ = listener.accept()
+            with conn:
+                self.assertEqual(conn.recv(100), b"still here")
+
     def test_close_listener_drops_undelivered(self) -> None:
         """
         Closing a listener closes the connections it had not delivered.
