@@ -19,13 +19,16 @@ import threading
 import time
 
 from bench.peer import Peer
-from bench.run import SSAPath, download, upload
+from bench.run import SSAPath, download, one_connection, upload
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--backend", default="openssl")
     ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--load", choices=["bulk", "connect", "resume"], default="bulk",
+                    help="bulk transfers, or new connections (full handshakes or resumed)")
+    ap.add_argument("--native", action="store_true", help="include C frames (OpenSSL, syscalls)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ssa-prof-")
     peer = Peer(work).start()
@@ -35,15 +38,19 @@ def main() -> None:
 
     def load():
         while not stop.is_set():
-            upload(path, 64 << 20)
-            download(path, 64 << 20)
+            if args.load == "bulk":
+                upload(path, 64 << 20)
+                download(path, 64 << 20)
+            else:
+                one_connection(path, args.load == "resume")
 
     t = threading.Thread(target=load, daemon=True)
     t.start()
     time.sleep(0.5)
     spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-    subprocess.run([spy, "record", "--format", "raw", "--nonblocking", "-r", "200", "-d", str(args.seconds),
-                    "-p", str(path.pid), "-o", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    native = ["--native"] if args.native else []
+    subprocess.run([spy, "record", "--format", "raw", "--nonblocking", *native, "-r", "200",
+                    "-d", str(args.seconds), "-p", str(path.pid), "-o", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stop.set()
     t.join()
     path.daemon.stop()
@@ -57,12 +64,12 @@ def main() -> None:
         own[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
-    print(f"{total} samples, daemon with the {args.backend} backend under bulk upload+download")
+    print(f"{total} samples, daemon with the {args.backend} backend under {args.load} load")
     print("own time:")
-    for f, n in own.most_common(12):
+    for f, n in own.most_common(int(os.environ.get("TOP_OWN", 12))):
         print(f"  {100 * n / total:5.1f}%  {f}")
     print("inclusive:")
-    for f, n in incl.most_common(25):
+    for f, n in incl.most_common(int(os.environ.get("TOP_INCL", 40))):
         print(f"  {100 * n / total:5.1f}%  {f}")
 
 

@@ -73,11 +73,19 @@ class SocketService:
     Every live socket of this daemon.
     """
 
-    def __init__(self, reactor, backend: ITLSBackend, policies: PolicySet | Policy) -> None:
+    def __init__(
+        self, reactor, backend: ITLSBackend, policies: PolicySet | Policy, worker_index: int = 0
+    ) -> None:
         """
         @param policies: the administrator's policy: a loaded file (defaults
             and per-application profiles) or one policy for everybody.
+        @param worker_index: which of the daemon's worker processes this
+            is; it is the top byte of every socket id made here, so any
+            worker can tell which one serves a socket (L{worker_of}).
         """
+        if not 0 <= worker_index < 256:
+            raise ValueError(f"worker index {worker_index} is not in 0..255")
+        self.worker_index = worker_index
         self.reactor = reactor
         self.backend = backend
         if isinstance(policies, Policy):
@@ -114,9 +122,7 @@ class SocketService:
             raise SSAError(
                 errno.EMFILE, f"the policy's max-sockets-per-client ({limit}) is reached"
             )
-        socket_id = secrets.randbits(64) or 1
-        while socket_id in self.entries:
-            socket_id = secrets.randbits(64) or 1
+        socket_id = self._new_socket_id()
         app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
@@ -124,6 +130,23 @@ class SocketService:
         self._per_process[owner.pid] += 1
         self.counters["sockets_opened"] += 1
         return sock, self.entries[socket_id].app_end
+
+    def _new_socket_id(self) -> int:
+        """
+        An unused, unguessable socket id whose top byte is this worker's
+        index.
+        """
+        while True:
+            socket_id = (self.worker_index << 56) | secrets.randbits(56)
+            if socket_id and socket_id not in self.entries:
+                return socket_id
+
+    @staticmethod
+    def worker_of(socket_id: int) -> int:
+        """
+        The index of the worker process that serves C{socket_id}.
+        """
+        return (socket_id >> 56) & 0xFF
 
     # ISocketAPI
 
