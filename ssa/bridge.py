@@ -1,231 +1,513 @@
 """
 The endpoint objects that join an application's plaintext stream to its
-secure connection.
+secure connection, once the handshake is done.
 
 The application holds one end of a Unix socketpair; the daemon holds the
-other (the I{plaintext side}) and a TLS stream (the I{secure side}). Bytes
-cross unchanged and in order; each side's transport is the other's
-streaming producer, so a slow reader pauses a fast writer instead of
-filling the daemon's memory. Half-closes travel both ways: the application's
-C{shutdown(SHUT_WR)} becomes close_notify, the peer's close_notify becomes
-end-of-file. A truncated or failed connection reaches the application as
-C{ECONNRESET} after the bytes that did arrive.
+other (the I{plaintext end}) and the TCP socket of the TLS connection (the
+I{secure end}). A L{Bridge} moves bytes between them through the
+connection's L{ITLSEngine}, in order and unchanged, with the fewest system
+calls it can: reads of L{READ_SIZE}, writes straight to the socket (no
+reactor turn in between), and only what does not fit waits for the socket
+to become writable. While one side holds unsent bytes the other side is
+not read, so a slow reader pauses a fast writer instead of filling the
+daemon's memory.
+
+Half-closes travel both ways: the application's C{shutdown(SHUT_WR)}
+becomes close_notify, the peer's close_notify becomes end-of-file. A
+truncated or failed connection reaches the application as C{ECONNRESET}
+after the bytes that did arrive.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import descriptors
-from .interfaces import ITLSStreamListener
-from .tlsconfig import TLSSessionInfo
-from .tlsprotocol import TLSStreamProtocol
+from .errors import TLSFailure, TLSTruncated
+from .interfaces import ITLSEngine
 
+log = Logger()
 
+#: Bytes read from either socket at once: the data path is bound by system
+#: calls and reactor turns, not by the cipher (docs/performance.md).
 READ_SIZE = 1 << 18
 
+#: Send buffer of both ends of the application's socketpair once
+#: connected, so that a 256 KiB write needs one wakeup, not two.
+PLAINTEXT_BUFFER = 1 << 20
 
-@implementer(IHalfCloseableProtocol)
-class PlaintextSide(Protocol):
+#: Reads per readiness event while every read fills the buffer.
+READS_PER_TURN = 4
+
+#: Seconds a closed connection may take to send what it still holds.
+CLOSE_LINGER = 30.0
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+class ConnectionLostError(Exception):
     """
-    The daemon's end of the application's socketpair.
+    The TCP connection failed after the handshake (reset, broken pipe).
     """
 
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
 
-    def dataReceived(self, data: bytes) -> None:
-        """
-        The application wrote plaintext: send it securely.
-        """
-        self.bridge.secure.write(data)
+@implementer(IReadWriteDescriptor)
+class _End:
+    """
+    One socket of a bridge, as the reactor sees it.
+    """
 
-    def readConnectionLost(self) -> None:
-        """
-        The application shut down writing: send close_notify.
-        """
-        self.bridge.application_done_writing()
+    def __init__(self, sock: socket.socket, readable: Callable[[], None], writable: Callable[[], None],
+                 lost: Callable[[Failure], None], name: str) -> None:
+        self.socket = sock
+        self.doRead = readable
+        self.doWrite = writable
+        self._lost = lost
+        self._name = name
+        self.reading = False
+        self.writing = False
 
-    def writeConnectionLost(self) -> None:
+    def fileno(self) -> int:
         """
-        Our writing side to the application is closed.
+        The socket's descriptor (-1 once closed).
         """
+        return self.socket.fileno()
 
-    def connectionLost(self, reason: Failure | None = None) -> None:
+    def logPrefix(self) -> str:
         """
-        The plaintext side is gone.
+        How the reactor names this in its log.
         """
-        self.bridge.plaintext_lost()
+        return self._name
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        The reactor gave up on this socket (an unexpected exception in a
+        handler, or the reactor stopping).
+        """
+        self._lost(reason)
 
 
-@implementer(ITLSStreamListener)
 class Bridge:
     """
-    One established connection: a L{TLSStreamProtocol} and a
-    L{PlaintextSide}, joined.
+    One established connection: its engine, its TCP socket and the
+    daemon's end of the application's socketpair.
 
-    @ivar secure: the TLS stream to the peer.
-    @ivar plaintext: the application-side protocol, once attached.
+    @ivar engine: the connection's TLS engine.
     @ivar failure: why the connection ended, if not cleanly.
     """
 
     def __init__(
         self,
-        secure: TLSStreamProtocol,
+        reactor,
+        engine: ITLSEngine,
+        tcp: socket.socket,
+        plaintext_fd: int,
         app_end: int,
         on_end: Callable[[BaseException | None], None],
+        unsent: bytes = b"",
+        on_first_data: Callable[[], None] | None = None,
     ) -> None:
         """
+        @param tcp: the connected, nonblocking TCP socket; the bridge owns it.
+        @param plaintext_fd: the daemon's end of the socketpair; the bridge
+            owns it.
         @param app_end: the daemon's copy of the application's descriptor,
             used only to make a failure reach the application as an error.
-        @param on_end: called once when both sides are gone.
+        @param on_end: called once when both sides are closed.
+        @param unsent: ciphertext to send before anything else.
+        @param on_first_data: called once, when the first data from the
+            peer arrives (TLS 1.3 session tickets come before it).
         """
-        self.secure = secure
-        self.plaintext: PlaintextSide | None = None
+        self.reactor = reactor
+        self.engine = engine
         self.failure: BaseException | None = None
         self._app_end = app_end
         self._on_end = on_end
-        self._secure_gone = False
-        self._plaintext_gone = False
-        self._closing = False
+        self._on_first_data = on_first_data
+        plaintext = socket.socket(fileno=plaintext_fd)
+        plaintext.setblocking(False)
+        self._secure = _End(tcp, self._secure_readable, self._secure_writable, self._lost, "ssa-tls")
+        self._plaintext = _End(plaintext, self._plaintext_readable, self._plaintext_writable, self._lost,
+                               "ssa-plaintext")
+        self._to_peer = memoryview(b"")
+        self._to_app = memoryview(b"")
+        self._app_done_writing = False   # the application's EOF was read
+        self._peer_done_writing = False  # close_notify read; EOF passed on once _to_app is sent
+        self._tcp_eof = False
+        self._tcp_write_shut = False
+        self._plaintext_write_shut = False
+        self._closing = False            # the application closed its socket
+        self._failing = False
+        self._ended = False
+        self._linger = None
+        self._send_peer(unsent)
 
-    def attach(self, plaintext: PlaintextSide) -> None:
+    @property
+    def tcp(self) -> socket.socket:
         """
-        Join the sides once the plaintext transport exists.
+        The connection's TCP socket (for network options).
         """
-        self.plaintext = plaintext
-        self.secure.listener = self
-        secure_transport, plain_transport = self.secure.transport, plaintext.transport
-        # Fewer, larger reads: the data path is bound by system calls and
-        # reactor turns, not by the cipher (docs/performance.md).
-        secure_transport.bufferSize = plain_transport.bufferSize = READ_SIZE
-        secure_transport.registerProducer(plain_transport, True)
-        plain_transport.registerProducer(secure_transport, True)
+        return self._secure.socket
 
-    # ITLSStreamListener
+    def start(self, plaintext: bytes = b"", peer_closed: bool = False) -> None:
+        """
+        Start moving bytes.
 
-    def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
+        @param plaintext: data from the peer that arrived before the bridge
+            existed (an accepted connection waiting in the listener).
+        @param peer_closed: the peer's close_notify came before, too.
         """
-        Not expected: the bridge is attached after the handshake.
-        """
+        if plaintext:
+            self._send_app(plaintext)
+        if peer_closed:
+            self._peer_done_writing = True
+            self._maybe_shut_plaintext()
+        self._update()
 
-    def tls_data_received(self, data: bytes) -> None:
-        """
-        Plaintext from the peer goes to the application.
-        """
-        assert self.plaintext is not None
-        self.plaintext.transport.write(data)
+    # The application's side
 
-    def tls_peer_closed(self) -> None:
-        """
-        The peer's close_notify: the application reads end-of-file.
-        """
-        assert self.plaintext is not None
-        self._unregister_peer_producer()
-        self.plaintext.transport.loseWriteConnection()
+    def _plaintext_readable(self) -> None:
+        sock = self._plaintext.socket
+        for _ in range(READS_PER_TURN):
+            if self._to_peer or self._app_done_writing or self._ended:
+                break
+            try:
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._plaintext_gone()
+                return
+            if not data:
+                self._application_done_writing()
+                break
+            try:
+                self.engine.write(data)
+            except TLSFailure as e:
+                self._fail(e)
+                return
+            self._send_peer(self.engine.outgoing())
+            if len(data) < READ_SIZE:
+                break
+        self._update()
 
-    def tls_connection_lost(self, failure: BaseException | None) -> None:
+    def _application_done_writing(self) -> None:
         """
-        The secure side is gone; close the plaintext side, as an error if
-        the end was not clean.
+        The application shut down writing: close_notify, then TCP's FIN.
         """
-        self._secure_gone = True
-        if failure is not None and not self._closing:
-            self.failure = failure
-            self._signal_error()
-        if self.plaintext is not None and not self._plaintext_gone:
-            self._unregister_peer_producer()
-            self._unregister_application_producer()
-            self.plaintext.transport.loseConnection()
+        self._app_done_writing = True
+        if self._failing:
+            return
+        self.engine.close_notify()
+        self._send_peer(self.engine.outgoing())
+        self._maybe_shut_tcp()
         self._maybe_end()
 
-    # Flow control ends with each direction: a transport whose producer is
-    # finished must not wait for it before closing.
+    def _plaintext_writable(self) -> None:
+        try:
+            sent = self._plaintext.socket.send(self._to_app)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._plaintext_gone()
+            return
+        self._to_app = self._to_app[sent:]
+        if not self._to_app:
+            self._maybe_shut_plaintext()
+            if self._failing:
+                self._signal_error_and_close()
+                return
+        self._update()
 
-    def _unregister_peer_producer(self) -> None:
-        """
-        No more data will come from the peer: the plaintext transport stops
-        treating the TCP transport as its producer.
-        """
-        assert self.plaintext is not None
-        if self.plaintext.transport.producer is not None:
-            self.plaintext.transport.unregisterProducer()
+    def _send_app(self, data: bytes) -> None:
+        if self._plaintext.socket.fileno() < 0:
+            return
+        if self._to_app:
+            self._to_app = memoryview(bytes(self._to_app) + data)
+            return
+        try:
+            sent = self._plaintext.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self._plaintext_gone()
+            return
+        if sent < len(data):
+            self._to_app = memoryview(data)[sent:]
 
-    def _unregister_application_producer(self) -> None:
-        """
-        No more data will come from the application: the TCP transport
-        stops treating the plaintext transport as its producer.
-        """
-        transport = self.secure.transport
-        if transport is not None and transport.producer is not None:
-            transport.unregisterProducer()
+    def _maybe_shut_plaintext(self) -> None:
+        if self._peer_done_writing and not self._to_app and not self._plaintext_write_shut:
+            self._plaintext_write_shut = True
+            try:
+                self._plaintext.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self._maybe_end()
 
-    def application_done_writing(self) -> None:
+    def _plaintext_gone(self) -> None:
         """
-        The application shut down writing: no more plaintext will come;
-        send close_notify.
+        The application's end is closed: nothing more can be delivered.
+        Close the secure side cleanly.
         """
-        if not self._secure_gone:
-            self._unregister_application_producer()
-            self.secure.close_write()
+        self._to_app = memoryview(b"")
+        self._plaintext_write_shut = True
+        self._app_done_writing = True
+        self._close_secure()
 
-    # Plaintext side
+    # The peer's side
 
-    def plaintext_lost(self) -> None:
+    def _secure_readable(self) -> None:
+        sock = self._secure.socket
+        for _ in range(READS_PER_TURN):
+            if self._to_app or self._tcp_eof or self._ended or self._failing:
+                break
+            try:
+                data = sock.recv(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._secure_lost(e)
+                return
+            if not data:
+                self._tcp_eof = True
+                if not self.engine.peer_closed:
+                    self._fail(TLSTruncated("the peer closed TCP without sending close_notify (truncation)"))
+                    return
+                self._maybe_end()
+                break
+            self._received(data)
+            if len(data) < READ_SIZE:
+                break
+        self._update()
+
+    def _received(self, data: bytes) -> None:
+        engine = self.engine
+        try:
+            engine.receive(data)
+            plaintext = engine.read()
+        except TLSFailure as e:
+            self._send_peer(engine.outgoing())
+            self._fail(e)
+            return
+        self._send_peer(engine.outgoing())
+        if plaintext:
+            if self._on_first_data is not None:
+                first, self._on_first_data = self._on_first_data, None
+                first()
+            if not self._plaintext_write_shut:
+                self._send_app(plaintext)
+        if engine.peer_closed and not self._peer_done_writing:
+            self._peer_done_writing = True
+            self._maybe_shut_plaintext()
+
+    def _secure_writable(self) -> None:
+        try:
+            sent = self._secure.socket.send(self._to_peer)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            self._secure_lost(e)
+            return
+        self._to_peer = self._to_peer[sent:]
+        if not self._to_peer:
+            self._maybe_shut_tcp()
+            if self._closing:
+                self._close_tcp()
+                return
+        self._update()
+
+    def _send_peer(self, data: bytes) -> None:
+        if not data or self._secure.socket.fileno() < 0:
+            return
+        if self._to_peer:
+            self._to_peer = memoryview(bytes(self._to_peer) + data)
+            return
+        try:
+            sent = self._secure.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            self._secure_lost(e)
+            return
+        if sent < len(data):
+            self._to_peer = memoryview(data)[sent:]
+
+    def _maybe_shut_tcp(self) -> None:
+        if self._app_done_writing and not self._to_peer and not self._tcp_write_shut and not self._ended:
+            self._tcp_write_shut = True
+            try:
+                self._secure.socket.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _secure_lost(self, error: OSError) -> None:
         """
-        The plaintext side is gone; close the secure side.
+        TCP failed (reset, broken pipe): clean only after close_notify.
         """
-        self._plaintext_gone = True
-        if not self._secure_gone:
-            self._unregister_application_producer()
-            self.secure.close()
-        self._maybe_end()
+        if self.engine.peer_closed or self._closing:
+            self._to_peer = memoryview(b"")
+            self._tcp_eof = self._tcp_write_shut = True
+            if self._closing:
+                self._close_tcp()
+            else:
+                self._maybe_end()
+            return
+        self._fail(TLSTruncated(f"the connection was lost without close_notify ({error.strerror})"))
+
+    # Ends
 
     def close(self) -> None:
         """
-        The application closed its socket: close_notify, then close both.
+        The application closed its socket: send what it wrote before, then
+        close_notify, and close both sides.
+        """
+        if self._closing or self._ended:
+            return
+        self._closing = True
+        if not self._failing and not self._app_done_writing:
+            self._app_done_writing = True
+            try:
+                for data in descriptors.drain(self._plaintext.fileno()):
+                    self.engine.write(data)
+                self.engine.close_notify()
+            except TLSFailure:
+                pass
+            self._send_peer(self.engine.outgoing())
+        self._close_plaintext()
+        if self._failing or not self._to_peer:
+            self._close_tcp()
+            return
+        self._linger = self.reactor.callLater(CLOSE_LINGER, self._abort_tcp)
+        self._update()
+
+    def _close_secure(self) -> None:
+        """
+        Close the secure side cleanly (close_notify, then close once sent).
         """
         if self._closing:
             return
         self._closing = True
-        if not self._secure_gone:
-            self._forward_unread()
-            self._unregister_application_producer()
-            self.secure.close()
-        if self.plaintext is not None and not self._plaintext_gone:
-            self._unregister_peer_producer()
-            self.plaintext.transport.loseConnection()
+        if not self._tcp_write_shut:
+            self.engine.close_notify()
+            self._send_peer(self.engine.outgoing())
+        if not self._to_peer:
+            self._close_tcp()
+        else:
+            self._linger = self.reactor.callLater(CLOSE_LINGER, self._abort_tcp)
+            self._update()
 
-    def _forward_unread(self) -> None:
+    def _fail(self, failure: BaseException) -> None:
         """
-        Send what the application wrote before it closed: it is already
-        queued on the daemon's end, though not yet read.
+        Drop the connection at once; the application reads what arrived,
+        then C{ECONNRESET}.
         """
-        if self.plaintext is None or self._plaintext_gone:
+        if self._failing or self._ended:
             return
-        for data in descriptors.drain(self.plaintext.transport.fileno()):
-            self.secure.write(data)
+        self._failing = True
+        if not self._closing:
+            self.failure = failure
+        self._abort_tcp()
+        if not self._to_app:
+            self._signal_error_and_close()
+        else:
+            self._update()
 
-    def _signal_error(self) -> None:
+    def _signal_error_and_close(self) -> None:
         """
         Make the application's next read, after the bytes already sent,
         fail with C{ECONNRESET}: the kernel does that when the daemon's end
         closes with unread data queued, so queue one byte first.
         """
-        if self.plaintext is None:
-            return
-        transport = self.plaintext.transport
-        transport.stopReading()
-        # Twisted's orderly close calls shutdown() first, which the
-        # application would read as a clean end-of-file before the reset.
-        transport._shouldShutdown = False
-        descriptors.send_byte(self._app_end)
+        if self._plaintext.socket.fileno() >= 0 and not self._closing:
+            descriptors.send_byte(self._app_end)
+        self._close_plaintext()
+
+    def _lost(self, reason: Failure) -> None:
+        if not self._ended:
+            self._fail(reason.value if isinstance(reason.value, BaseException) else ConnectionLostError())
+            self._close_plaintext()
+
+    def _abort_tcp(self) -> None:
+        sock = self._secure.socket
+        if sock.fileno() >= 0:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+            except OSError:
+                pass
+        self._to_peer = memoryview(b"")
+        self._close_tcp()
+
+    def _close_tcp(self) -> None:
+        self._tcp_eof = self._tcp_write_shut = True
+        self._to_peer = memoryview(b"")
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
+        self._forget(self._secure)
+        self._maybe_end()
+
+    def _close_plaintext(self) -> None:
+        self._to_app = memoryview(b"")
+        self._app_done_writing = self._plaintext_write_shut = True
+        self._forget(self._plaintext)
+        self._maybe_end()
+
+    def _forget(self, end: _End) -> None:
+        if end.reading:
+            self.reactor.removeReader(end)
+            end.reading = False
+        if end.writing:
+            self.reactor.removeWriter(end)
+            end.writing = False
+        end.socket.close()
 
     def _maybe_end(self) -> None:
-        if self._secure_gone and self._plaintext_gone:
-            self._on_end(self.failure)
+        if self._ended:
+            return
+        secure_done = self._secure.socket.fileno() < 0 or (
+            self._tcp_eof and self._tcp_write_shut and not self._to_peer
+        )
+        plaintext_done = self._plaintext.socket.fileno() < 0 or (
+            self._app_done_writing and self._plaintext_write_shut and not self._to_app
+        )
+        if not (secure_done and plaintext_done):
+            return
+        self._ended = True
+        for end in (self._secure, self._plaintext):
+            if end.socket.fileno() >= 0:
+                self._forget(end)
+        self._on_end(self.failure)
+
+    # Readiness
+
+    def _update(self) -> None:
+        """
+        Watch each socket for what the bridge can do with it now.
+        """
+        if self._ended:
+            return
+        secure, plaintext = self._secure, self._plaintext
+        open_secure = secure.socket.fileno() >= 0
+        open_plaintext = plaintext.socket.fileno() >= 0
+        self._watch(secure, open_secure and not self._tcp_eof and not self._to_app and not self._failing
+                    and not self._closing,
+                    open_secure and bool(self._to_peer))
+        self._watch(plaintext, open_plaintext and not self._app_done_writing and not self._to_peer
+                    and not self._failing,
+                    open_plaintext and bool(self._to_app))
+
+    def _watch(self, end: _End, read: bool, write: bool) -> None:
+        reactor = self.reactor
+        if read != end.reading:
+            (reactor.addReader if read else reactor.removeReader)(end)
+            end.reading = read
+        if write != end.writing:
+            (reactor.addWriter if write else reactor.removeWriter)(end)
+            end.writing = write

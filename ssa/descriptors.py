@@ -110,6 +110,20 @@ def drain(fd: int) -> list[bytes]:
     return chunks
 
 
+def set_send_buffer(fd: int, size: int) -> None:
+    """
+    Ask for a send buffer of C{size} bytes on C{fd}'s socket (the kernel
+    caps it at C{net.core.wmem_max}).
+    """
+    sock = _borrow(fd)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
+
+
 def shut_down(fd: int) -> None:
     """
     Shut both directions of C{fd}'s socket: the other end reads EOF.

@@ -7,19 +7,17 @@ and bridges. Frontends call it; it never parses a wire format.
 from __future__ import annotations
 
 import errno
-import os
 import secrets
 import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import descriptors, netoptions
-from .bridge import Bridge, PlaintextSide
+from .bridge import PLAINTEXT_BUFFER, Bridge
 from .connector import INTERNAL_ERROR, ConnectAttempt
 from .constants import IPPROTO_TLS, SocketState, version_name
 from .errors import SSAError
@@ -28,8 +26,9 @@ from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
 from .profiles import PolicySet
-from .sessions import SessionCache, SessionKeepingBridge, session_key
+from .sessions import SessionCache, session_key
 from .sockets import TLSSocket, check_socket_args
+from .takeover import TakeoverError, take_socket
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
 
@@ -348,28 +347,34 @@ class SocketService:
         )
         self._settle(entry, None)
 
-    def _join(self, entry: SocketEntry, protocol: TLSStreamProtocol) -> Bridge:
+    def _join(
+        self, entry: SocketEntry, protocol: TLSStreamProtocol, plaintext: bytes = b"", peer_closed: bool = False
+    ) -> Bridge:
         """
-        Start the bridge between C{protocol} and the socket's plaintext end.
+        Start the bridge between C{protocol}'s connection and the socket's
+        plaintext end; the bridge takes over both descriptors.
+
+        @param plaintext: data from the peer received before the bridge.
+        @param peer_closed: whether the peer's close_notify came before.
+        @raise TakeoverError: the connection is already closing.
         """
         daemon_end = entry.daemon_end
         assert daemon_end is not None
+        tcp, unsent = take_socket(protocol.transport)
+
         def on_end(failure: BaseException | None) -> None:
             self._ended(entry, failure)
 
+        keep_session = None
         if entry.session_key is not None:
-            bridge: Bridge = SessionKeepingBridge(
-                protocol, entry.app_end, on_end, lambda: self._keep_session(entry)
-            )
-        else:
-            bridge = Bridge(protocol, entry.app_end, on_end)
-        factory = _PlaintextFactory(bridge)
-        os.set_blocking(daemon_end, False)
-        self.reactor.adoptStreamConnection(daemon_end, socket.AF_UNIX, factory)
-        descriptors.close_quietly(daemon_end)
+            def keep_session() -> None:
+                self._keep_session(entry)
+        for fd in (daemon_end, entry.app_end):
+            descriptors.set_send_buffer(fd, PLAINTEXT_BUFFER)
+        bridge = Bridge(self.reactor, protocol.engine, tcp, daemon_end, entry.app_end, on_end, unsent, keep_session)
         entry.daemon_end = None
-        bridge.attach(factory.built)
         entry.bridge = bridge
+        bridge.start(plaintext, peer_closed)
         return bridge
 
     @staticmethod
@@ -377,11 +382,10 @@ class SocketService:
         """
         Set the socket's SOL_SOCKET/IPPROTO_TCP options on its connection.
         """
-        transport = entry.bridge.secure.transport if entry.bridge is not None else None
-        if transport is None or not entry.sock.network_options:
+        if entry.bridge is None or not entry.sock.network_options:
             return
         try:
-            netoptions.apply(transport.getHandle(), entry.sock.network_options)
+            netoptions.apply(entry.bridge.tcp, entry.sock.network_options)
         except OSError as e:
             log.info("could not set network options on {sock}: {error}", sock=entry.sock, error=e)
 
@@ -420,13 +424,12 @@ class SocketService:
             raise
         accepted = self.entries[sock.id]
         sock.accepted_from(entry.sock, pending.peer, pending.session)
-        bridge = self._join(accepted, protocol)
+        try:
+            self._join(accepted, protocol, b"".join(pending.buffered), pending.peer_closed)
+        except TakeoverError:
+            self.close(sock.id)
+            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted")
         self._apply_network_options(accepted)
-        for data in pending.buffered:
-            bridge.tls_data_received(data)
-        if pending.peer_closed:
-            bridge.tls_peer_closed()
-        protocol.transport.resumeProducing()
         info = pending.session
         self.counters["accept_ok"] += 1
         log.info(
@@ -463,7 +466,7 @@ class SocketService:
         if entry.session_key is None or entry.bridge is None:
             return
         # Optional for third-party engines written before it existed.
-        get_session = getattr(entry.bridge.secure.engine, "session", None)
+        get_session = getattr(entry.bridge.engine, "session", None)
         if get_session is None:
             return
         try:
@@ -488,18 +491,6 @@ class SocketService:
                 waiter.callback(None)
             else:
                 waiter.errback(failure)
-
-
-class _PlaintextFactory(Factory):
-    noisy = False
-
-    def __init__(self, bridge: Bridge) -> None:
-        self.bridge = bridge
-        self.built: PlaintextSide | None = None
-
-    def buildProtocol(self, addr: object) -> PlaintextSide:
-        self.built = PlaintextSide(self.bridge)
-        return self.built
 
 
 def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:

@@ -12,12 +12,10 @@ trust anchors, versions or ciphers).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Hashable
 
-from .bridge import Bridge
 from .peer import PeerIdentity
 from .sockets import ConnectPlan
-from .tlsprotocol import TLSStreamProtocol
 
 DEFAULT_SIZE = 10_000
 
@@ -71,33 +69,3 @@ class SessionCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
-
-
-class SessionKeepingBridge(Bridge):
-    """
-    A client connection's bridge that has the service store its TLS
-    session again when the first data arrives: TLS 1.3 session tickets
-    come after the handshake, and the peer sends them before (or with) its
-    first data, so the session stored then is resumable; storing it only
-    when the connection ends would race with the application's next
-    connect right after it closes this socket.
-    """
-
-    def __init__(
-        self,
-        secure: TLSStreamProtocol,
-        app_end: int,
-        on_end: Callable[[BaseException | None], None],
-        keep_session: Callable[[], None],
-    ) -> None:
-        super().__init__(secure, app_end, on_end)
-        self._keep_session = keep_session
-
-    def tls_data_received(self, data: bytes) -> None:
-        """
-        Store the session once, then forward the data as usual.
-        """
-        if self._keep_session is not None:
-            keep, self._keep_session = self._keep_session, None
-            keep()
-        super().tls_data_received(data)

@@ -124,12 +124,11 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_stream_listeners(self) -> None:
         """
-        The connector, the listener's pending connections and the bridge
-        all provide L{ITLSStreamListener}.
+        The connector and the listener's pending connections provide
+        L{ITLSStreamListener}.
         """
         from twisted.internet.testing import MemoryReactor
 
-        from ssa.bridge import Bridge
         from ssa.connector import ConnectAttempt
         from ssa.interfaces import ITLSStreamListener
         from ssa.listener import Listener, PendingConnection
@@ -140,5 +139,5 @@ class InterfaceTests(SynchronousTestCase):
         plan = ConnectPlan("127.0.0.1", 443, "localhost", "localhost", ClientTLSConfig())
         attempt = ConnectAttempt(reactor, BrokenBackend(), plan, 1, 1, lambda *a: None, lambda *a: None)
         listener = Listener(reactor, BrokenBackend(), ServerTLSConfig(()), 1, 1, lambda: None, lambda: None)
-        for candidate in (attempt, PendingConnection(listener, ("127.0.0.1", 1)), Bridge(None, -1, lambda f: None)):
+        for candidate in (attempt, PendingConnection(listener, ("127.0.0.1", 1))):
             verifyObject(ITLSStreamListener, candidate)
