@@ -69,6 +69,11 @@ _VERSION_CONSTANTS: dict[int, int] = {v: k for k, v in _PROTOCOL_VERSIONS.items(
 # Big enough that one bio_read usually drains the memory BIO (it returns all
 # it holds up to the size asked for); SSL_read returns one record at a time.
 _READ_SIZE = 256 * 1024
+# SSL_read returns at most one record's plaintext.
+_RECORD_SIZE = 16384
+# Enough for the ciphertext of a READ_SIZE write in one bio_read (records
+# add at most a few hundred bytes each).
+_OUTGOING_SIZE = 2 * _READ_SIZE
 
 
 class _VerifyRecord:
@@ -390,7 +395,7 @@ class OpenSSLEngine:
         chunks: list[bytes] = []
         while True:
             try:
-                chunks.append(recv(_READ_SIZE))
+                chunks.append(recv(_RECORD_SIZE))
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -438,15 +443,15 @@ class OpenSSLEngine:
         """
         bio_read = self._connection.bio_read
         try:
-            data = bio_read(_READ_SIZE)
+            data = bio_read(_OUTGOING_SIZE)
         except SSL.WantReadError:
             return b""
-        if len(data) < _READ_SIZE:
+        if len(data) < _OUTGOING_SIZE:
             return data
         chunks = [data]
         while True:
             try:
-                chunks.append(bio_read(_READ_SIZE))
+                chunks.append(bio_read(_OUTGOING_SIZE))
             except SSL.WantReadError:
                 return b"".join(chunks)
 

@@ -35,6 +35,8 @@ from ssa.constants import (
 #: At most this many descriptors are taken from one C{recvmsg}.
 MAX_FDS = 16
 _RECV_SIZE = 65536
+#: How long a quick request polls for its reply before sleeping.
+SPIN_SECONDS = 100e-6
 _CMSG_CLOEXEC = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
 
 # Options whose value is PEM or a path read here: errno when the path cannot
@@ -119,7 +121,7 @@ class ControlChannel:
                 self._close_fds(self._pending.popleft()[1])
 
     def request(
-        self, op: int, socket_id: int, body: bytes, timeout: float | None = None
+        self, op: int, socket_id: int, body: bytes, timeout: float | None = None, spin: bool = False
     ) -> tuple[int, bytes, list[int]]:
         """
         Send one request and wait for its reply.
@@ -144,7 +146,7 @@ class ControlChannel:
             except OSError as e:
                 raise self._lose(e.strerror or str(e)) from None
             while True:
-                reply, fds = self._read_frame(sock, deadline)
+                reply, fds = self._read_frame(sock, deadline, spin)
                 if reply.tag == tag:
                     break
                 self._close_fds(fds)
@@ -171,8 +173,27 @@ class ControlChannel:
             self._broken += f" ({why})"
         return OSError(errno.ECONNABORTED, self._broken)
 
+    @staticmethod
+    def _poll_briefly(sock: socket.socket) -> tuple | None:
+        """
+        Try to read a reply for up to L{SPIN_SECONDS} without sleeping:
+        the daemon answers most requests within tens of microseconds, and
+        waking a sleeping thread costs more than that on many machines.
+
+        @return: what C{recvmsg} returned, or L{None} if nothing came.
+        """
+        flags = _CMSG_CLOEXEC | socket.MSG_DONTWAIT
+        space = socket.CMSG_SPACE(MAX_FDS * 4)
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while True:
+            try:
+                return sock.recvmsg(_RECV_SIZE, space, flags)
+            except BlockingIOError:
+                if time.perf_counter() > deadline:
+                    return None
+
     def _read_frame(
-        self, sock: socket.socket, deadline: float | None
+        self, sock: socket.socket, deadline: float | None, spin: bool = False
     ) -> tuple[wire.Frame, list[int]]:
         """
         Read until one frame is complete; return it with its descriptors.
@@ -190,9 +211,10 @@ class ControlChannel:
                     )
                 sock.settimeout(remaining)
             try:
-                data, ancdata, _flags, _ = sock.recvmsg(
-                    _RECV_SIZE, socket.CMSG_SPACE(MAX_FDS * 4), _CMSG_CLOEXEC
-                )
+                received = self._poll_briefly(sock) if spin else None
+                if received is None:
+                    received = sock.recvmsg(_RECV_SIZE, socket.CMSG_SPACE(MAX_FDS * 4), _CMSG_CLOEXEC)
+                data, ancdata, _flags, _ = received
             except TimeoutError:
                 raise TimeoutError(
                     errno.ETIMEDOUT, "timed out waiting for the SSA daemon"

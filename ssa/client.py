@@ -126,7 +126,7 @@ def socket(
     channel = ControlChannel(where)
     try:
         code, payload, fds = channel.request(
-            wire.Op.SOCKET, 0, wire.SOCKET_ARGS.pack(int(family), int(type), int(proto))
+            wire.Op.SOCKET, 0, wire.SOCKET_ARGS.pack(int(family), int(type), int(proto)), spin=True
         )
         plain = _plaintext_socket(where, code, payload, fds)
         (socket_id,) = wire.NEW_SOCKET.unpack_from(payload)
@@ -572,7 +572,9 @@ class SSASocket:
         """
         self._open()
         try:
-            code, payload, fds = self._channel.request(op, self._id, body, timeout)
+            code, payload, fds = self._channel.request(
+                op, self._id, body, timeout, spin=op in _QUICK_OPS
+            )
         except ValueError as e:
             raise OSError(_errno.EINVAL, str(e)) from None
         _close_all(fds)
@@ -609,6 +611,13 @@ class SSASocket:
         """
         infos = _socket.getaddrinfo(host, port, self._family, SOCK_STREAM)
         return infos[0][4][0]
+
+
+#: Requests the daemon answers at once (no network wait): the client polls
+#: briefly for their reply instead of sleeping (L{ControlChannel.request}).
+_QUICK_OPS = frozenset(
+    {wire.Op.SETSOCKOPT, wire.Op.GETSOCKOPT, wire.Op.BIND, wire.Op.LISTEN, wire.Op.CLOSE}
+)
 
 
 def _enum(kind: Any, value: int) -> Any:

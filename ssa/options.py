@@ -10,6 +10,7 @@ order: unknown option, direction, state, value, policy.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -113,7 +114,13 @@ def _get_hostname(sock: TLSSocket) -> bytes:
     return encode_text(sock.hostname)
 
 
-def _set_trusted_peer_certificates(sock: TLSSocket, value: bytes) -> None:
+@functools.lru_cache(maxsize=64)
+def _normalized_trust_anchors(value: bytes):
+    """
+    The certificates of a TLS_TRUSTED_PEER_CERTIFICATES value in the form
+    sockets keep; applications set the same few bundles again and again,
+    so each is parsed once.
+    """
     try:
         certificates = x509.load_pem_x509_certificates(value.rstrip(b"\0"))
     except ValueError:
@@ -121,13 +128,18 @@ def _set_trusted_peer_certificates(sock: TLSSocket, value: bytes) -> None:
             errno.EINVAL,
             "TLS_TRUSTED_PEER_CERTIFICATES: the value holds no readable PEM certificate",
         ) from None
+    return chain_pem(tuple(certificates))
+
+
+def _set_trusted_peer_certificates(sock: TLSSocket, value: bytes) -> None:
+    anchors = _normalized_trust_anchors(value)
     if sock.policy.app_trust_anchors == "deny":
         raise SSAError(
             errno.EPROTO,
             "TLS_TRUSTED_PEER_CERTIFICATES: the policy (app-trust-anchors: deny) "
             "does not let applications choose their own trust anchors",
         )
-    sock.trust_anchors = chain_pem(tuple(certificates))
+    sock.trust_anchors = anchors
 
 
 def _version_setter(which: str) -> Callable[[TLSSocket, bytes], None]:
