@@ -147,6 +147,53 @@ class SocketService:
         """
         return (socket_id >> 56) & 0xFF
 
+    def release_new_socket(self, socket_id: int) -> SocketEntry:
+        """
+        Take a NEW socket out of the table without closing anything: it is
+        moving to another worker process, which gets its descriptors and
+        makes it again with L{adopt_new_socket}.
+
+        @return: its entry; the caller now owns C{app_end}, C{daemon_end}
+            and C{bound}.
+        @raise SSAError: EBADF if unknown; EINVAL if it is not NEW.
+        """
+        entry = self.entry(socket_id)
+        if entry.sock.state is not SocketState.NEW or entry.daemon_end is None:
+            raise SSAError(errno.EINVAL, f"socket {socket_id:#x} is not NEW and cannot move")
+        del self.entries[socket_id]
+        owner = entry.sock.owner.pid
+        self._per_process[owner] -= 1
+        if self._per_process[owner] <= 0:
+            del self._per_process[owner]
+        self.counters["sockets_moved_out"] += 1
+        return entry
+
+    def adopt_new_socket(
+        self, owner: PeerIdentity, socket_id: int, family: int, app_end: int, daemon_end: int,
+        bound: socket.socket | None = None,
+    ) -> TLSSocket:
+        """
+        Make a NEW socket that another worker process released (see
+        L{release_new_socket}), keeping its id and descriptors; it gets
+        this worker's policy for C{owner}, and the caller replays its
+        options. It counts towards C{max-sockets-per-client} here, but is
+        not refused for it: it exists already.
+
+        @param bound: its bound network socket, if it was bound.
+        """
+        if socket_id in self.entries:
+            raise ValueError(f"socket {socket_id:#x} exists already")
+        sock = TLSSocket(socket_id, family, owner, self.policies.for_peer(owner))
+        sock.lookup_context = self._context_socket
+        entry = SocketEntry(sock, app_end, daemon_end, bound=bound)
+        if bound is not None:
+            host, port = bound.getsockname()[:2]
+            sock.bound(host, port)
+        self.entries[socket_id] = entry
+        self._per_process[owner.pid] += 1
+        self.counters["sockets_moved_in"] += 1
+        return sock
+
     # ISocketAPI
 
     def bind(self, socket_id: int, address: tuple[int, str, int]) -> tuple[str, int]:

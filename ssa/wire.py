@@ -88,6 +88,13 @@ def encode_frame(op: int, tag: int, socket_id: int, body: bytes, nfds: int = 0) 
     return HEADER.pack(length, VERSION, op, nfds, tag, socket_id) + body
 
 
+def encode_frames(frames: list[Frame]) -> bytes:
+    """
+    Encode decoded frames again, exactly as they arrived.
+    """
+    return b"".join(encode_frame(f.op, f.tag, f.socket_id, f.body, f.nfds) for f in frames)
+
+
 def encode_reply(
     request: Frame, errno: int, payload: bytes = b"", nfds: int = 0
 ) -> bytes:
@@ -155,6 +162,15 @@ class FrameDecoder:
     def _check_version(version: int) -> None:
         if version != VERSION:
             raise FramingError(f"unsupported wire version {version} (this daemon speaks {VERSION})")
+
+    def take_buffered(self) -> bytes:
+        """
+        Remove and return the bytes of an incomplete frame (when the
+        connection moves elsewhere and they must go with it).
+        """
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
 
     @property
     def pending(self) -> int:

@@ -22,9 +22,15 @@ from ssa.paths import daemon_socket_path
 from ssa.policy import PolicyError
 from ssa.policyfile import load_default, load_policy
 from ssa.profiles import PolicySet
+from ssa.routing import CrossWorker
 from ssa.service import SocketService
+from ssa.worker import WorkerProcessService
+from ssa.workers import CONTROL_FD, LINK_FD, WorkerSupervisor
 
 log = Logger()
+
+#: The most worker processes C{--workers} allows.
+MAX_WORKERS = 64
 
 
 class Options(usage.Options):
@@ -47,14 +53,30 @@ class Options(usage.Options):
         ["backend", "b", None, "TLS backend to use (default: the policy's backend:, else openssl)."],
         ["connect-timeout", None, None, "Seconds a TCP connect may take (default 15).", float],
         ["handshake-timeout", None, None, "Seconds a TLS handshake may take (default 30).", float],
+        ["workers", None, 1,
+         f"Worker processes sharing the control socket, 1-{MAX_WORKERS} (default 1: no extra process).", int],
+        ["worker-index", None, None, "Internal: the main process starts worker K with it.", int],
+        ["inherit-control-fd", None, None, "Internal: a worker's inherited control socket.", int],
+        ["link-fd", None, None, "Internal: a worker's link to the main process.", int],
     ]
 
     def postOptions(self) -> None:
         """
-        Fill in defaults.
+        Check the worker options and fill in defaults.
         """
         if self["socket"] is None:
             self["socket"] = daemon_socket_path()
+        workers = self["workers"]
+        if not 1 <= workers <= MAX_WORKERS:
+            raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
+        internal = [self[name] for name in ("worker-index", "inherit-control-fd", "link-fd")]
+        if any(value is not None for value in internal):
+            index = self["worker-index"]
+            if None in internal or not 1 <= index < workers:
+                raise usage.UsageError(
+                    "--worker-index, --inherit-control-fd and --link-fd are internal: the main process "
+                    "passes all three to the worker processes it starts"
+                )
 
 
 class UnixFrontendService(Service):
@@ -64,10 +86,11 @@ class UnixFrontendService(Service):
     replaced, a live one is not.
     """
 
-    def __init__(self, reactor, path: str, sockets: SocketService) -> None:
+    def __init__(self, reactor, path: str, sockets: SocketService, workers: CrossWorker | None = None) -> None:
         self.reactor = reactor
         self.path = path
         self.sockets = sockets
+        self.workers = workers
         self.port = None
 
     def startService(self) -> None:
@@ -79,9 +102,16 @@ class UnixFrontendService(Service):
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755 if os.getuid() == 0 else 0o700, exist_ok=True)
         _remove_stale(self.path)
-        self.port = self.reactor.listenUNIX(self.path, ControlFactory(self.sockets), mode=0o666, backlog=128)
+        self.port = self.reactor.listenUNIX(self.path, ControlFactory(self.sockets, self.workers), mode=0o666, backlog=128)
         log.info("SSA daemon listening on {path} with the {backend} backend",
                  path=self.path, backend=self.sockets.backend.name)
+
+    def fileno(self) -> int:
+        """
+        The listening control socket's descriptor (for worker processes).
+        """
+        assert self.port is not None
+        return self.port.fileno()
 
     def stopService(self):
         """
@@ -122,10 +152,18 @@ class PolicyReloader(Service):
     policy stays.
     """
 
-    def __init__(self, reactor, sockets: SocketService, load: Callable[[], PolicySet]) -> None:
+    def __init__(
+        self, reactor, sockets: SocketService, load: Callable[[], PolicySet],
+        forward: Callable[[], None] = lambda: None,
+    ) -> None:
+        """
+        @param forward: called after each SIGHUP's reload (the main process
+            of several workers passes the signal on to them).
+        """
         self.reactor = reactor
         self.sockets = sockets
         self.load = load
+        self.forward = forward
         self._previous = None
 
     def startService(self) -> None:
@@ -134,8 +172,12 @@ class PolicyReloader(Service):
         """
         super().startService()
         self._previous = signal.signal(
-            signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.reload)
+            signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self._hangup)
         )
+
+    def _hangup(self) -> None:
+        self.reload()
+        self.forward()
 
     def stopService(self) -> None:
         """
@@ -203,7 +245,42 @@ def makeService(options: Options, reactor=None) -> MultiService:
         raise SystemExit(str(e.args[0]))
     _raise_descriptor_limit()
     top = MultiService()
-    sockets = SocketService(reactor, backend, policies)
-    UnixFrontendService(reactor, options["socket"], sockets).setServiceParent(top)
-    PolicyReloader(reactor, sockets, load).setServiceParent(top)
+    count, index = options["workers"], options["worker-index"] or 0
+    sockets = SocketService(reactor, backend, policies, worker_index=index)
+    if count == 1:
+        UnixFrontendService(reactor, options["socket"], sockets).setServiceParent(top)
+        PolicyReloader(reactor, sockets, load).setServiceParent(top)
+        return top
+    workers = CrossWorker(reactor, sockets, count)
+    if index:
+        WorkerProcessService(
+            reactor, sockets, workers, options["inherit-control-fd"], options["link-fd"]
+        ).setServiceParent(top)
+        PolicyReloader(reactor, sockets, load).setServiceParent(top)
+        return top
+    frontend = UnixFrontendService(reactor, options["socket"], sockets, workers)
+    frontend.setServiceParent(top)
+    supervisor = WorkerSupervisor(
+        reactor, count, lambda k: _worker_arguments(options, k), frontend.fileno, workers.receive
+    )
+    workers.send = supervisor.route
+    supervisor.setServiceParent(top)
+    PolicyReloader(reactor, sockets, load, lambda: supervisor.signal_all(signal.SIGHUP)).setServiceParent(top)
     return top
+
+
+def _worker_arguments(options: Options, index: int) -> list[str]:
+    """
+    The command line (after the interpreter) of worker C{index}: the main
+    process's options, and where its inherited descriptors are. It logs
+    to its standard output, which the main process reads.
+    """
+    arguments = ["-m", "twisted", "--log-format", "text", "ssa", "--socket", options["socket"]]
+    for name in ("config", "backend", "connect-timeout", "handshake-timeout"):
+        if options[name] is not None:
+            value = options[name]
+            arguments += [f"--{name}", os.path.abspath(value) if name == "config" else str(value)]
+    return arguments + [
+        "--workers", str(options["workers"]), "--worker-index", str(index),
+        "--inherit-control-fd", str(CONTROL_FD), "--link-fd", str(LINK_FD),
+    ]

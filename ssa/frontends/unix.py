@@ -6,6 +6,10 @@ the sockets it opened, and closing it closes them.
 The daemon learns each peer's pid, uid and gid from the kernel, never from
 the peer's words, and never opens a path for it: file contents arrive in
 the option values.
+
+With several worker processes (C{--workers N}) a connection whose first
+request names another worker's socket, and a NEW socket asking for another
+worker's C{TLS_CONTEXT}, move to that worker: L{ssa.routing} does it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IFileDescriptorReceiver
@@ -28,6 +34,9 @@ from ..peer import PeerIdentity, peer_identity
 from ..service import SocketService
 from ..wire import Frame, FrameDecoder, FramingError, Op
 
+if TYPE_CHECKING:
+    from ..routing import CrossWorker
+
 log = Logger()
 
 
@@ -38,15 +47,25 @@ class ControlProtocol(Protocol):
 
     @ivar peer: who the kernel says the application is.
     @ivar sockets: the ids of the sockets this connection owns.
+    @ivar workers: with several worker processes, this worker's part in
+        requests that cross them; else L{None}.
+    @ivar carried: bytes another worker read from this connection before
+        handing it here; they come before anything read here.
     """
 
-    def __init__(self, service: SocketService, max_frame: int = wire.MAX_FRAME) -> None:
+    def __init__(
+        self, service: SocketService, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None
+    ) -> None:
         self.service = service
         self.decoder = FrameDecoder(max_frame)
         self.sockets: set[int] = set()
         self.peer: PeerIdentity | None = None
+        self.workers = workers
+        self.carried = b""
         self._open = False
         self._waiting: set[Deferred] = set()
+        self._moving_to: int | None = None
+        self._departure: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
         """
@@ -69,6 +88,8 @@ class ControlProtocol(Protocol):
         """
         Decode frames and answer each.
         """
+        if self.carried:
+            data, self.carried = self.carried + data, b""
         try:
             frames = self.decoder.feed(data)
         except FramingError as e:
@@ -76,10 +97,61 @@ class ControlProtocol(Protocol):
             log.info("closing a control connection of {peer}: {error}", peer=self._who(), error=e)
             self.transport.loseConnection()
             return
-        for frame in frames:
+        for index, frame in enumerate(frames):
             if not self._open:
                 return
+            if self.workers is not None and self._hand_off(frame, frames[index:]):
+                return
             self._handle(frame)
+            if self._moving_to is not None:
+                self._migrate(frame.socket_id, frames[index:])
+                return
+
+    # Moving to another worker process (L{ssa.routing})
+
+    def _hand_off(self, frame: Frame, unanswered: list[Frame]) -> bool:
+        """
+        A connection that owns no socket and waits for nothing (a new
+        one, typically, as C{accept()} opens) goes to the worker serving
+        the socket its request names, if that is another one; say whether
+        it went.
+        """
+        assert self.workers is not None
+        if self.sockets or self._waiting:
+            return False
+        target = self.workers.owner_of_request(frame)
+        if target is None:
+            return False
+        self._leave(lambda pending: self.workers.hand_off(self.transport, target, pending, frame), unanswered)
+        return True
+
+    def _migrate(self, socket_id: int, unanswered: list[Frame]) -> None:
+        """
+        Move the connection and its NEW socket to the worker chosen by
+        L{_setsockopt}, with the unanswered requests.
+        """
+        assert self.workers is not None and self._moving_to is not None
+        target, self._moving_to = self._moving_to, None
+
+        def start(pending: bytes) -> Callable[[], None]:
+            departure = self.workers.migrate(self.transport, socket_id, target, pending)
+            self.sockets.discard(socket_id)
+            return departure
+
+        self._leave(start, unanswered)
+
+    def _leave(self, start: Callable[[bytes], Callable[[], None]], unanswered: list[Frame]) -> None:
+        """
+        Move to another worker with the C{unanswered} requests and what
+        is buffered of the next one: C{start} detaches the connection and
+        returns what sends it on once it is closed here.
+        """
+        self._open = False
+        try:
+            self._departure = start(wire.encode_frames(unanswered) + self.decoder.take_buffered())
+        except Exception:  # noqa: BLE001
+            log.failure("could not move a control connection of {peer} to another worker", peer=self._who())
+            self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         """
@@ -90,7 +162,12 @@ class ControlProtocol(Protocol):
             waiting.cancel()
         for socket_id in self.sockets:
             self.service.close(socket_id)
+            if self.workers is not None:
+                self.workers.replay.forget(socket_id)
         self.sockets.clear()
+        departure, self._departure = self._departure, None
+        if departure is not None:
+            departure()
 
     # Dispatch
 
@@ -153,7 +230,15 @@ class ControlProtocol(Protocol):
 
     def _setsockopt(self, frame: Frame) -> None:
         level, name = wire.OPTION.unpack_from(frame.body)
-        self.service.setsockopt(frame.socket_id, level, name, frame.body[wire.OPTION.size :])
+        value = frame.body[wire.OPTION.size :]
+        if self.workers is not None:
+            movable = len(self.sockets) == 1 and not self._waiting
+            self._moving_to = self.workers.context_owner(frame.socket_id, level, name, value, movable)
+            if self._moving_to is not None:
+                return
+        self.service.setsockopt(frame.socket_id, level, name, value)
+        if self.workers is not None:
+            self.workers.replay.record(frame.socket_id, level, name, value)
         self._reply(frame, 0)
 
     def _getsockopt(self, frame: Frame) -> None:
@@ -198,6 +283,8 @@ class ControlProtocol(Protocol):
     def _close(self, frame: Frame) -> None:
         self.sockets.discard(frame.socket_id)
         self.service.close(frame.socket_id)
+        if self.workers is not None:
+            self.workers.replay.forget(frame.socket_id)
         self._reply(frame, 0)
 
     # Output
@@ -208,6 +295,9 @@ class ControlProtocol(Protocol):
     def _send(self, data: bytes) -> None:
         if self._open:
             self.transport.write(data)
+            # Answer now, not on the reactor's next turn: the application
+            # is waiting. A failed write shows on the next read anyway.
+            self.transport.doWrite()
 
     def _who(self) -> str:
         return self.peer.describe() if self.peer else "an unknown peer"
@@ -239,11 +329,18 @@ class ControlFactory(Factory):
 
     noisy = False
 
-    def __init__(self, service: SocketService) -> None:
+    def __init__(self, service: SocketService, workers: CrossWorker | None = None) -> None:
+        """
+        @param workers: with several worker processes, this worker's part
+            in requests that cross them.
+        """
         self.service = service
+        self.workers = workers
+        if workers is not None:
+            workers.factory = self
 
     def buildProtocol(self, addr: object) -> ControlProtocol:
         """
         A new control connection.
         """
-        return ControlProtocol(self.service)
+        return ControlProtocol(self.service, workers=self.workers)

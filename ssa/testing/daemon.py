@@ -98,6 +98,27 @@ class DaemonProcess:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 20.0) -> str:
+        """
+        Wait until the log holds C{text} at least C{count} times; return
+        the log.
+
+        @raise AssertionError: not within C{timeout} seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while (log := self.log()).count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not {count} times in the daemon's log:\n{log}")
+            time.sleep(0.02)
+        return log
+
+    def children(self) -> list[int]:
+        """
+        The pids of its child processes (its workers, with C{--workers}).
+        """
+        assert self.process is not None
+        return children_of(self.process.pid)
+
     def descriptor_count(self) -> int:
         """
         How many descriptors it has open.
@@ -120,3 +141,32 @@ class DaemonProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def children_of(pid: int) -> list[int]:
+    """
+    The pids of the live (not zombie) processes whose parent is C{pid}.
+    """
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == pid and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+def is_alive(pid: int) -> bool:
+    """
+    Whether process C{pid} exists and is not a zombie.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
