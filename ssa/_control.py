@@ -91,6 +91,56 @@ class ControlChannel:
         self._sock: socket.socket | None = sock
 
     @property
+    def reusable(self) -> bool:
+        """
+        Whether another socket could use this connection now: open, not
+        broken, no request in progress and nothing unclaimed.
+        """
+        return (
+            self._sock is not None
+            and self._broken is None
+            and not self._lock.locked()
+            and not self._fds
+        )
+
+    def post(self, op: int, socket_id: int, body: bytes = b"") -> bool:
+        """
+        Send a request without waiting for its reply (a later request
+        skips it). Used for CLOSE.
+
+        @return: whether it was sent: C{False} when another thread is in a
+            request on this connection or the connection failed.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            sock = self._sock
+            if sock is None or self._broken is not None:
+                return False
+            self._tag = self._tag % 0xFFFFFFFF + 1
+            try:
+                sock.settimeout(None)
+                sock.sendall(wire.encode_frame(op, self._tag, socket_id, body))
+            except OSError as e:
+                self._lose(e.strerror or str(e))
+                return False
+            return True
+        finally:
+            self._lock.release()
+
+    def discard_copy(self) -> None:
+        """
+        Close this process's descriptor of the connection without shutting
+        it down: after C{fork()}, the other process's copy stays usable.
+        """
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self._close_fds(list(self._fds))
+        self._fds.clear()
+        self._pending.clear()
+
+    @property
     def closed(self) -> bool:
         """
         Whether L{close} was called.

@@ -410,6 +410,7 @@ class Bridge:
         """
         if self._failing or self._ended:
             return
+        log.info("connection failed: {reason}", reason=failure)
         self._failing = True
         if not self._closing:
             self.failure = failure

@@ -29,7 +29,7 @@ import socket as _socket
 import struct
 from typing import Any
 
-from ssa import wire
+from ssa import _channels, wire
 from ssa._control import ControlChannel, encode_option, reply_error
 from ssa.constants import *  # noqa: F401,F403  (re-exported: client.TLS_HOSTNAME)
 from ssa.constants import (
@@ -123,11 +123,20 @@ def socket(
     nonblocking = bool(type & SOCK_NONBLOCK)
     type &= ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
     where = client_socket_path() if path is None else os.fspath(path)
-    channel = ControlChannel(where)
+    body = wire.SOCKET_ARGS.pack(int(family), int(type), int(proto))
+    channel = _channels.take(where)
+    reply = None
+    if channel is not None:
+        try:
+            reply = channel.request(wire.Op.SOCKET, 0, body, spin=True)
+        except OSError:
+            channel.close()  # the daemon went away since: connect afresh
+    if reply is None:
+        channel = ControlChannel(where)
     try:
-        code, payload, fds = channel.request(
-            wire.Op.SOCKET, 0, wire.SOCKET_ARGS.pack(int(family), int(type), int(proto)), spin=True
-        )
+        if reply is None:
+            reply = channel.request(wire.Op.SOCKET, 0, body, spin=True)
+        code, payload, fds = reply
         plain = _plaintext_socket(where, code, payload, fds)
         (socket_id,) = wire.NEW_SOCKET.unpack_from(payload)
     except BaseException:
@@ -265,8 +274,9 @@ class SSASocket:
 
     def close(self) -> None:
         """
-        Close the plaintext stream and the control connection; the daemon
-        takes the latter's end as C{close()} (close_notify if connected).
+        Close the plaintext stream and the socket in the daemon
+        (close_notify if connected). The control connection is kept for a
+        later socket of this process when it is healthy, else closed.
         Calling it again does nothing.
         """
         if self._closed:
@@ -275,7 +285,13 @@ class SSASocket:
         try:
             self._plain.close()
         finally:
-            self._channel.close()
+            # An explicit CLOSE lets the connection serve a later socket of
+            # this process (L{ssa._channels}); its end would close it too.
+            channel = self._channel
+            if channel.post(wire.Op.CLOSE, self._id):
+                _channels.give_back(channel)
+            else:
+                channel.close()
 
     def __enter__(self) -> SSASocket:
         return self

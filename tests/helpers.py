@@ -11,7 +11,7 @@ import tempfile
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ssa import client
+from ssa import _channels, client
 from ssa.testing.certs import CertificateAuthority, CertifiedKey
 from ssa.testing.daemon import DaemonProcess
 
@@ -38,6 +38,7 @@ class DaemonTestCase(SynchronousTestCase):
         self.server_key = self.ca.issue_server("localhost", "127.0.0.1", "::1")
         self.daemon = DaemonProcess(["--backend", self.backend, *self.daemon_arguments()]).start()
         self.addCleanup(self.daemon.stop)
+        self.addCleanup(_channels.close_idle, self.daemon.socket_path)
 
     def daemon_arguments(self) -> list[str]:
         """

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from ssa import cli, client, wire
+from ssa import _channels, cli, client, wire
 from ssa.wire import Frame, Op
 
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -80,6 +80,7 @@ class FakeDaemon:
         self._listener.settimeout(0.02)
         self._spawn(self._accept)
         case.addCleanup(self.stop)
+        case.addCleanup(_channels.close_idle, self.path)
 
     def script(self, key: object, reply: Reply | Callable[[Frame], Reply]) -> None:
         """
@@ -164,7 +165,10 @@ class FakeDaemon:
     def _serve(self, conn: socket.socket, number: int) -> None:
         decoder = wire.FrameDecoder()
         while True:
-            data = conn.recv(65536)
+            try:
+                data = conn.recv(65536)
+            except ConnectionResetError:
+                data = b""  # the client closed with a reply unread
             if not data:
                 self.eofs.append(number)
                 return
@@ -184,7 +188,12 @@ class FakeDaemon:
                     for fd in reply.fds:
                         os.close(fd)
                 else:
-                    conn.sendall(raw)
+                    try:
+                        conn.sendall(raw)
+                    except (BrokenPipeError, ConnectionResetError):
+                        # The client does not wait for a CLOSE reply.
+                        self.eofs.append(number)
+                        return
 
     def _answer(self, frame: Frame) -> Reply:
         key: object = frame.op
@@ -343,7 +352,8 @@ class SocketTests(ClientTestCase):
         self.addCleanup(lambda: os.environ.pop("SSA_SOCKET") if old is None else os.environ.update(SSA_SOCKET=old))
         with client.socket() as sock:
             self.assertEqual(sock.daemon_path, self.daemon.path)
-        self.assertEqual(self.daemon.ops(), [Op.SOCKET])
+        self.daemon.wait_for(lambda: Op.CLOSE in self.daemon.ops())
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CLOSE])
 
     def test_fileno_is_the_passed_descriptor(self) -> None:
         """
@@ -401,7 +411,8 @@ class SocketTests(ClientTestCase):
         end = self.daemon.ends[sock.id]
         sock.close()
         sock.close()
-        self.daemon.wait_for(lambda: self.daemon.eofs == [0])
+        self.daemon.wait_for(lambda: Op.CLOSE in self.daemon.ops())
+        self.assertEqual(self.daemon.only(Op.CLOSE).socket_id, sock.id)
         self.assertEqual(end.recv(1), b"")
         self.assertIn("[closed]", repr(sock))
         calls = [
@@ -417,7 +428,7 @@ class SocketTests(ClientTestCase):
                 self.assertEqual(e.errno, errno.EBADF, call)
             else:
                 self.assertEqual(result, errno.EBADF, call)  # connect_ex
-        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CONNECT])
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CONNECT, Op.CLOSE])
 
     def test_context_manager(self) -> None:
         """
@@ -426,7 +437,7 @@ class SocketTests(ClientTestCase):
         with client.socket(path=self.daemon.path) as sock:
             pass
         self.assertRaises(OSError, sock.fileno)
-        self.daemon.wait_for(lambda: self.daemon.eofs == [0])
+        self.daemon.wait_for(lambda: Op.CLOSE in self.daemon.ops())
 
     def test_repr(self) -> None:
         """
@@ -877,7 +888,7 @@ class CommandTests(ClientTestCase):
         self.assertEqual(code, 1)
         self.assertEqual(text, "ssa: cannot connect to 127.0.0.1:4433: certificate verify failed: unable to get local issuer certificate (depth 1)\n")
         self.assertEqual(self.daemon.options(Op.SETSOCKOPT), [(205, 85, b"example.com\0"), (205, 87, CERT)])
-        self.daemon.wait_for(lambda: self.daemon.eofs == [0])
+        self.daemon.wait_for(lambda: Op.CLOSE in self.daemon.ops())
 
     def test_connect_unreachable(self) -> None:
         """
@@ -920,8 +931,10 @@ class CommandTests(ClientTestCase):
         self.daemon.on_new_socket = start
         stdin_r, stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
-        for fd in (stdin_r, stdin_w, stdout_r, stdout_w):
+        for fd in (stdin_r, stdout_r):
             self.addCleanup(_close_quietly, fd)
+        if not close_stdin:
+            self.addCleanup(_close_quietly, stdin_w)
         os.write(stdin_w, stdin_data)
         if close_stdin:
             os.close(stdin_w)

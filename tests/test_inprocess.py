@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from ssa import client
+from ssa import _channels, client
 from ssa.frontends.unix import ControlFactory
 from ssa.interfaces import ISocketAPI, ITLSBackend
 from ssa.policy import Policy
@@ -64,6 +64,7 @@ class InternalFailureTests(TestCase):
         verifyObject(ISocketAPI, service)
         port = reactor.listenUNIX(path, ControlFactory(service))
         self.addCleanup(port.stopListening)
+        self.addCleanup(_channels.close_idle, path)
         tcp = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")
         self.addCleanup(tcp.stopListening)
 
