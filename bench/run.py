@@ -199,6 +199,8 @@ class SSAPath(Path_):
         try:
             s.setsockopt(client.IPPROTO_TLS, client.TLS_TRUSTED_PEER_CERTIFICATES, self.ca_pem)
             s.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "localhost")
+            # Like the other paths (stunnel's socket = r:TCP_NODELAY=1).
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if resume:
                 s.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 1)
             s.connect(self.addr)
