@@ -48,17 +48,39 @@ BUF = 256 * 1024
 
 # ---------------------------------------------------------------- processes
 
+def family(pid: int) -> list[int]:
+    """C{pid} and its child processes (an ssa daemon's workers)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """utime + stime of a process and its children (all threads), in seconds."""
+    total = 0
+    for p in family(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """VmRSS of a process and its children, in KiB."""
+    total = 0
+    for p in family(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
+    return total
 
 
 def ensure_stunnel() -> str:
@@ -167,14 +189,15 @@ class StunnelPath(Path_):
 
 
 class SSAPath(Path_):
-    def __init__(self, backend: str, peer: Peer, directory: str) -> None:
+    def __init__(self, backend: str, peer: Peer, directory: str, workers: int = 1) -> None:
         from ssa.testing.daemon import DaemonProcess
 
         self.name = f"ssa-{backend}"
         self.addr = ("127.0.0.1", peer.port)
         self.ca_pem = Path(peer.ca_path).read_text()
         self.backend = backend
-        self.daemon = DaemonProcess(["--backend", backend]).start()
+        self.args = ["--backend", backend] + (["--workers", str(workers)] if workers > 1 else [])
+        self.daemon = DaemonProcess(self.args).start()
         self.pid = self.daemon.process.pid
 
     def fresh_daemon(self):
@@ -186,12 +209,15 @@ class SSAPath(Path_):
         from ssa.testing.daemon import DaemonProcess
 
         old = self.daemon
-        self.daemon = DaemonProcess(["--backend", self.backend]).start()
+        self.daemon = DaemonProcess(self.args).start()
         self.pid = self.daemon.process.pid
         one_connection(self, False)  # warm: imports, context caches
         return old
 
-    def connect(self, resume: bool = False):
+    def prepared(self, resume: bool = False):
+        """
+        A socket with every option the application sets before connect().
+        """
         from ssa import client
 
         s = client.socket(client.AF_INET, client.SOCK_STREAM, client.IPPROTO_TLS,
@@ -203,11 +229,37 @@ class SSAPath(Path_):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if resume:
                 s.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 1)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    def connect(self, resume: bool = False):
+        s = self.prepared(resume)
+        try:
             s.connect(self.addr)
         except BaseException:
             s.close()
             raise
         return s
+
+    def control_path(self, count: int) -> list[float]:
+        """
+        Seconds of the control calls of one connection, without the
+        network: socket(), the setsockopt() calls, and one more request
+        and reply (a getsockopt), standing for connect()'s own round trip
+        to the daemon; then close().
+        """
+        from ssa import client
+
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            s = self.prepared()
+            s.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, 64)
+            times.append(time.perf_counter() - t0)
+            s.close()
+        return times
 
 
 # ------------------------------------------------------------------ driver
@@ -335,6 +387,8 @@ def measure(path: Path_, cfg: dict, peer: Peer) -> dict:
     r["full_handshakes_resumed"] = h1[1] - h0[1]
     r["resumed_fraction"] = (h2[1] - h1[1]) / max(1, h2[0] - h1[0])
 
+    r["control_path_ms"] = (pct(path.control_path(cfg["seq"]), 0.5) * 1e3
+                            if isinstance(path, SSAPath) else None)
     r["idle_KiB_per_conn"] = idle_memory(path, cfg["idle"])
     return r
 
@@ -355,6 +409,7 @@ FIGURES = [
     ("cpu_s_per_GB", "TLS-process CPU s/GB", "lower"),
     ("cpu_ms_per_conn", "TLS-process CPU ms/conn", "lower"),
     ("idle_KiB_per_conn", "RSS KiB/idle conn (1000)", "lower"),
+    ("control_path_ms", "control path p50 ms (ssa only)", "lower"),
 ]
 
 
@@ -398,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="16 MiB bulk, fewer connections")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--paths", default="stdlib,stunnel,ssa-openssl,ssa-stdlib")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes of each ssa daemon")
     args = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -421,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
             elif n == "stunnel":
                 paths[n] = StunnelPath(tunnel)
             elif n.startswith("ssa-"):
-                p = SSAPath(n[4:], peer, workdir)
+                p = SSAPath(n[4:], peer, workdir, args.workers)
                 started.append(p)
                 paths[n] = p
             else:
@@ -432,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raw = {"config": cfg, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "python": sys.version.split()[0], "ssl": ssl.OPENSSL_VERSION,
-               "cpus": os.cpu_count(), "repetitions": []}
+               "cpus": os.cpu_count(), "workers": args.workers, "repetitions": []}
         t_start = time.monotonic()
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[: rep % len(names)]
