@@ -36,9 +36,10 @@ _PR_SET_PDEATHSIG = 1
 class SharedControlPort(unix.Port):
     """
     The control socket as a worker serves it: a listening socket it got
-    from the main process, served as it is (a L{unix.Port} would call
-    C{listen()} and C{chmod()} when it starts and remove the path when it
-    stops).
+    from the main process, served as it is. A L{unix.Port} would call
+    C{listen()} and C{chmod()} when it starts and, when it stops, call
+    C{shutdown()} (which makes the shared socket refuse every connection,
+    in every process) and remove the path.
     """
 
     def startListening(self) -> None:
@@ -48,6 +49,7 @@ class SharedControlPort(unix.Port):
         tcp._reservedFD.reserve()
         self.factory.doStart()
         self.socket, self._preexistingSocket = self._preexistingSocket, None
+        self._shouldShutdown = False
         self.fileno = self.socket.fileno
         self.connected = True
         self.numberAccepts = 100

@@ -103,7 +103,7 @@ class WorkersTestCase(DaemonTestCase):
         without this an idle daemon may give a run of connections to
         the same worker.)
         """
-        others = [pid for index, pid in self.pids().items() if index != worker]
+        others = [pid for index, pid in self.pids().items() if index != worker and is_alive(pid)]
         forget_idle_connections(self.daemon.socket_path)
         for pid in others:
             os.kill(pid, signal.SIGSTOP)
@@ -240,6 +240,37 @@ class AcceptTests(WorkersTestCase):
         self.daemon.wait_for_log(TAKEN, 4)
         self.assertEqual(self.count(handoffs), 4)
         self.assertEqual(self.count(TAKEN), 4)
+
+    def test_idle_connection_is_handed_over(self) -> None:
+        """
+        A connection whose socket was closed (as the client keeps one for
+        reuse) owns nothing: a request naming another worker's listener
+        moves it there too, and it goes on working.
+        """
+        listener = self.socket_in(0)
+        listener.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+        listener.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
+        listener.listen(4)
+        with self.only(1):
+            channel = ControlChannel(self.daemon.socket_path)
+            self.addCleanup(channel.close)
+            code, payload, fds = channel.request(
+                wire.Op.SOCKET, 0, wire.SOCKET_ARGS.pack(socket.AF_INET, socket.SOCK_STREAM, TLS)
+            )
+        self.assertEqual(code, 0)
+        os.close(fds[0])
+        (socket_id,) = wire.NEW_SOCKET.unpack_from(payload)
+        self.assertEqual(worker_of(socket_id), 1)
+        self.assertEqual(channel.request(wire.Op.CLOSE, socket_id, b"")[0], 0)
+        code, payload, _ = channel.request(wire.Op.ACCEPT, listener.id, wire.ACCEPT_FLAGS.pack(1), 10)
+        self.assertEqual(code, errno.EAGAIN, payload)
+        self.daemon.wait_for_log(f"{HANDOFF} 0 (its ACCEPT request names socket {listener.id:#x})")
+        code, payload, fds = channel.request(
+            wire.Op.SOCKET, 0, wire.SOCKET_ARGS.pack(socket.AF_INET, socket.SOCK_STREAM, TLS)
+        )
+        self.assertEqual(code, 0)
+        os.close(fds[0])
+        self.assertEqual(worker_of(wire.NEW_SOCKET.unpack_from(payload)[0]), 0)
 
 
 class ContextTests(WorkersTestCase):
@@ -464,6 +495,22 @@ class LifeTests(WorkersTestCase):
                 sock.sendall(b"again")
                 self.assertEqual(recv_exactly(sock, 5), b"again")
                 sock.close()
+
+    def test_worker_stopping_leaves_the_control_socket(self) -> None:
+        """
+        A worker that stops in order (SIGTERM) stops accepting from the
+        shared control socket without shutting it down or removing its
+        path: the other workers go on accepting, and it comes back.
+        """
+        [pid] = self.daemon.children()
+        os.kill(pid, signal.SIGTERM)
+        self.daemon.wait_for_log(f"worker 1 exited (pid {pid}, signal 15)")
+        self.assertTrue(os.path.exists(self.daemon.socket_path))
+        with self.only(0):
+            sock = self.trusting_socket()
+        self.assertEqual(worker_of(sock.id), 0)
+        self.daemon.wait_for_log("worker 1 ready", 2)
+        self.socket_in(1)
 
     def test_sighup_reloads_every_worker(self) -> None:
         """
