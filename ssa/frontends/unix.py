@@ -77,6 +77,7 @@ class ControlProtocol(Protocol):
         except OSError as e:
             log.warn("cannot read the peer's credentials ({error}); closing", error=e)
             self.transport.loseConnection()
+            return
 
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
