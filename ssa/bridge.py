@@ -46,8 +46,9 @@ PLAINTEXT_BUFFER = 1 << 20
 #: Reads per readiness event while every read fills the buffer.
 READS_PER_TURN = 4
 
-#: Seconds a closed connection may take to send what it still holds.
-CLOSE_LINGER = 30.0
+#: Seconds a closed connection may take to send what it still holds and
+#: see the peer's end before it is reset.
+CLOSE_LINGER = 10.0
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 
@@ -277,6 +278,9 @@ class Bridge:
                 return
             if not data:
                 self._tcp_eof = True
+                if self._closing:
+                    self._close_tcp()
+                    return
                 if not self.engine.peer_closed:
                     self._fail(TLSTruncated("the peer closed TCP without sending close_notify (truncation)"))
                     return
@@ -318,7 +322,7 @@ class Bridge:
         self._to_peer = self._to_peer[sent:]
         if not self._to_peer:
             self._maybe_shut_tcp()
-            if self._closing:
+            if self._closing and self._tcp_eof:
                 self._close_tcp()
                 return
         self._update()
@@ -381,11 +385,10 @@ class Bridge:
                 pass
             self._send_peer(self.engine.outgoing())
         self._close_plaintext()
-        if self._failing or not self._to_peer:
+        if self._failing:
             self._close_tcp()
             return
-        self._linger = self.reactor.callLater(CLOSE_LINGER, self._abort_tcp)
-        self._update()
+        self._linger_then_close()
 
     def _close_secure(self) -> None:
         """
@@ -397,11 +400,24 @@ class Bridge:
         if not self._tcp_write_shut:
             self.engine.close_notify()
             self._send_peer(self.engine.outgoing())
+        self._linger_then_close()
+
+    def _linger_then_close(self) -> None:
+        """
+        Send what is left and FIN, then read (and drop) until the peer's
+        end before closing: closing a TCP socket with unread data resets
+        the connection, and the peer could lose the end of what we sent.
+        Gives up after L{CLOSE_LINGER} seconds with a reset.
+        """
+        if self._ended or self._secure.socket.fileno() < 0:
+            return
         if not self._to_peer:
-            self._close_tcp()
-        else:
-            self._linger = self.reactor.callLater(CLOSE_LINGER, self._abort_tcp)
-            self._update()
+            self._maybe_shut_tcp()
+            if self._tcp_eof:
+                self._close_tcp()
+                return
+        self._linger = self.reactor.callLater(CLOSE_LINGER, self._abort_tcp)
+        self._update()
 
     def _fail(self, failure: BaseException) -> None:
         """
@@ -497,8 +513,7 @@ class Bridge:
         secure, plaintext = self._secure, self._plaintext
         open_secure = secure.socket.fileno() >= 0
         open_plaintext = plaintext.socket.fileno() >= 0
-        self._watch(secure, open_secure and not self._tcp_eof and not self._to_app and not self._failing
-                    and not self._closing,
+        self._watch(secure, open_secure and not self._tcp_eof and not self._to_app and not self._failing,
                     open_secure and bool(self._to_peer))
         self._watch(plaintext, open_plaintext and not self._app_done_writing and not self._to_peer
                     and not self._failing,

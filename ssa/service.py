@@ -50,6 +50,7 @@ class SocketEntry:
         the daemon's L{SessionCache}, or L{None} if it is not kept.
     @ivar session_since: when its handshake finished (the session's TTL
         counts from then).
+    @ivar session_kept: whether its session is stored already.
     """
 
     sock: TLSSocket
@@ -64,6 +65,7 @@ class SocketEntry:
     accept_waiters: list[tuple[Deferred, PeerIdentity]] = field(default_factory=list)
     session_key: object | None = None
     session_since: float = 0.0
+    session_kept: bool = False
 
 
 @implementer(ISocketAPI)
@@ -383,7 +385,6 @@ class SocketService:
         sock.connect_succeeded(info)
         self._apply_network_options(entry)
         entry.session_since = self.reactor.seconds()
-        self._keep_session(entry)
         self.counters["connect_ok"] += 1
         log.info(
             "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
@@ -507,10 +508,14 @@ class SocketService:
 
     def _keep_session(self, entry: SocketEntry) -> None:
         """
-        Store the connection's current session for later connections of
-        the same application to the same server with the same settings.
+        Store the connection's session for later connections of the same
+        application to the same server with the same settings: once, when
+        the peer's first data arrives (TLS 1.3 tickets come before it), or
+        when the connection ends if no data came. Only once because taking
+        a session can cost as much as a handshake (Python's C{ssl} copies
+        it through DER, peer certificates included).
         """
-        if entry.session_key is None or entry.bridge is None:
+        if entry.session_key is None or entry.bridge is None or entry.session_kept:
             return
         # Optional for third-party engines written before it existed.
         get_session = getattr(entry.bridge.engine, "session", None)
@@ -521,6 +526,7 @@ class SocketService:
         except Exception:
             log.failure("the {backend} backend could not give a session", backend=self.backend.name)
             return
+        entry.session_kept = session is not None
         self.sessions.put(entry.session_key, session, entry.session_since, entry.sock.session_ttl)
 
     def _ended(self, entry: SocketEntry, failure: BaseException | None) -> None:
