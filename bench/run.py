@@ -59,28 +59,27 @@ def family(pid: int) -> list[int]:
     return pids
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its children (all threads), in seconds."""
-    total = 0
+def _proc_files(pid: int, name: str) -> list[str]:
+    """/proc/P/C{name} of C{pid} and its children (one that just exited is skipped)."""
+    texts = []
     for p in family(pid):
         try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            texts.append(Path(f"/proc/{p}/{name}").read_text())
         except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            pass
+    return texts
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its children (all threads), in seconds."""
+    fields = [text.rsplit(")", 1)[1].split() for text in _proc_files(pid, "stat")]
+    return sum(int(f[11]) + int(f[12]) for f in fields) / CLK_TCK
 
 
 def rss_kib(pid: int) -> int:
     """VmRSS of a process and its children, in KiB."""
-    total = 0
-    for p in family(pid):
-        try:
-            lines = Path(f"/proc/{p}/status").read_text().splitlines()
-        except OSError:
-            continue
-        total += sum(int(line.split()[1]) for line in lines if line.startswith("VmRSS:"))
-    return total
+    return sum(int(line.split()[1]) for text in _proc_files(pid, "status")
+               for line in text.splitlines() if line.startswith("VmRSS:"))
 
 
 def ensure_stunnel() -> str:

@@ -51,6 +51,24 @@ READS_PER_TURN = 4
 CLOSE_LINGER = 10.0
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+_NOTHING = memoryview(b"")
+
+
+def _send_after(sock: socket.socket, pending: memoryview, data: bytes) -> memoryview:
+    """
+    Send C{data} after the unsent C{pending} bytes: at once if nothing is
+    pending, as much as the socket takes.
+
+    @return: what is left unsent.
+    @raise OSError: the socket failed (not for a full send buffer).
+    """
+    if pending:
+        return memoryview(bytes(pending) + data)
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    return _NOTHING if sent == len(data) else memoryview(data)[sent:]
 
 
 class ConnectionLostError(Exception):
@@ -137,8 +155,8 @@ class Bridge:
         self._secure = _End(tcp, self._secure_readable, self._secure_writable, self._lost, "ssa-tls")
         self._plaintext = _End(plaintext, self._plaintext_readable, self._plaintext_writable, self._lost,
                                "ssa-plaintext")
-        self._to_peer = memoryview(b"")
-        self._to_app = memoryview(b"")
+        self._to_peer = _NOTHING
+        self._to_app = _NOTHING
         self._app_done_writing = False   # the application's EOF was read
         self._peer_done_writing = False  # close_notify read; EOF passed on once _to_app is sent
         self._tcp_eof = False
@@ -230,18 +248,10 @@ class Bridge:
     def _send_app(self, data: bytes) -> None:
         if self._plaintext.socket.fileno() < 0:
             return
-        if self._to_app:
-            self._to_app = memoryview(bytes(self._to_app) + data)
-            return
         try:
-            sent = self._plaintext.socket.send(data)
-        except BlockingIOError:
-            sent = 0
+            self._to_app = _send_after(self._plaintext.socket, self._to_app, data)
         except OSError:
             self._plaintext_gone()
-            return
-        if sent < len(data):
-            self._to_app = memoryview(data)[sent:]
 
     def _maybe_shut_plaintext(self) -> None:
         if self._peer_done_writing and not self._to_app and not self._plaintext_write_shut:
@@ -257,7 +267,7 @@ class Bridge:
         The application's end is closed: nothing more can be delivered.
         Close the secure side cleanly.
         """
-        self._to_app = memoryview(b"")
+        self._to_app = _NOTHING
         self._plaintext_write_shut = True
         self._app_done_writing = True
         self._close_secure()
@@ -330,18 +340,10 @@ class Bridge:
     def _send_peer(self, data: bytes) -> None:
         if not data or self._secure.socket.fileno() < 0:
             return
-        if self._to_peer:
-            self._to_peer = memoryview(bytes(self._to_peer) + data)
-            return
         try:
-            sent = self._secure.socket.send(data)
-        except BlockingIOError:
-            sent = 0
+            self._to_peer = _send_after(self._secure.socket, self._to_peer, data)
         except OSError as e:
             self._secure_lost(e)
-            return
-        if sent < len(data):
-            self._to_peer = memoryview(data)[sent:]
 
     def _maybe_shut_tcp(self) -> None:
         if self._app_done_writing and not self._to_peer and not self._tcp_write_shut and not self._ended:
@@ -356,7 +358,7 @@ class Bridge:
         TCP failed (reset, broken pipe): clean only after close_notify.
         """
         if self.engine.peer_closed or self._closing:
-            self._to_peer = memoryview(b"")
+            self._to_peer = _NOTHING
             self._tcp_eof = self._tcp_write_shut = True
             if self._closing:
                 self._close_tcp()
@@ -458,12 +460,12 @@ class Bridge:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
             except OSError:
                 pass
-        self._to_peer = memoryview(b"")
+        self._to_peer = _NOTHING
         self._close_tcp()
 
     def _close_tcp(self) -> None:
         self._tcp_eof = self._tcp_write_shut = True
-        self._to_peer = memoryview(b"")
+        self._to_peer = _NOTHING
         if self._linger is not None and self._linger.active():
             self._linger.cancel()
         self._linger = None
@@ -471,7 +473,7 @@ class Bridge:
         self._maybe_end()
 
     def _close_plaintext(self) -> None:
-        self._to_app = memoryview(b"")
+        self._to_app = _NOTHING
         self._app_done_writing = self._plaintext_write_shut = True
         self._forget(self._plaintext)
         self._maybe_end()
