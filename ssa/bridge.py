@@ -188,6 +188,9 @@ class Bridge:
         if peer_closed:
             self._peer_done_writing = True
             self._maybe_shut_plaintext()
+        # What the engine holds already: records that arrived in the same
+        # read as the end of the handshake, before the bridge existed.
+        self._received(b"")
         self._update()
 
     # The application's side
@@ -304,7 +307,8 @@ class Bridge:
     def _received(self, data: bytes) -> None:
         engine = self.engine
         try:
-            engine.receive(data)
+            if data:
+                engine.receive(data)
             plaintext = engine.read()
         except TLSFailure as e:
             self._send_peer(engine.outgoing())

@@ -159,7 +159,8 @@ class ConnectAttempt(ClientFactory):
 
     def tls_data_received(self, data: bytes) -> None:
         """
-        Not reachable: data follows the handshake, when the bridge listens.
+        Not reachable: the bridge detaches the protocol inside
+        L{tls_handshake_completed} and reads what the engine holds itself.
         """
 
     def tls_peer_closed(self) -> None:

@@ -409,6 +409,11 @@ class SocketService:
         daemon_end = entry.daemon_end
         assert daemon_end is not None
         tcp, unsent = take_socket(protocol.transport)
+        # We may be inside the protocol's read that completed the handshake
+        # (a blocked accept() or connect() is answered at once): it must not
+        # read the engine after us, or what came with the handshake's last
+        # flight would be lost (the bridge reads it, in start()).
+        protocol.detach()
 
         def on_end(failure: BaseException | None) -> None:
             self._ended(entry, failure)

@@ -51,6 +51,17 @@ class TLSStreamProtocol(Protocol):
         self._failure: BaseException | None = None
         self._peer_closed_reported = False
         self._write_closed = False
+        self._detached = False
+
+    def detach(self) -> None:
+        """
+        Another object (the bridge) takes the connection and its engine:
+        from now on this protocol does nothing, not even within the read
+        that completed the handshake. What the engine still holds (the
+        plaintext that came with the handshake's last flight, a
+        close_notify) is the new owner's to read.
+        """
+        self._detached = True
 
     def connectionMade(self) -> None:
         """
@@ -78,6 +89,8 @@ class TLSStreamProtocol(Protocol):
                 self._check_session(info)
                 self.handshake_done = True
                 self.listener.tls_handshake_completed(info)
+                if self._detached:
+                    return
             plaintext = engine.read()
         except TLSFailure as failure:
             self._flush()
