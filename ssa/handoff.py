@@ -65,12 +65,15 @@ class Handoff:
 
     @ivar pending: every byte read from the connection so far, unanswered.
     @ivar fds: the connection's descriptor.
+    @ivar sender: C{(pid, uid, gid)} of the process that wrote C{pending},
+        as the kernel said, or L{None} if unknown.
     """
 
     source: int
     target: int
     pending: bytes
     fds: list[int] = field(default_factory=list)
+    sender: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -87,6 +90,9 @@ class Migration:
         C{TLS_CONTEXT} request.
     @ivar fds: the control connection, the socket's C{app_end} and
         C{daemon_end}, and its bound network socket if it was bound.
+    @ivar sender: who wrote C{pending} (as in L{Handoff}).
+    @ivar owner: C{(pid, uid, gid, executable)} of the process that
+        created the socket: the socket keeps its profile wherever it goes.
     """
 
     source: int
@@ -97,6 +103,8 @@ class Migration:
     last_error: str | None
     pending: bytes
     fds: list[int] = field(default_factory=list)
+    sender: tuple[int, int, int] | None = None
+    owner: tuple[int, int, int, str | None] | None = None
 
 
 Message = Ready | Handoff | Migration
@@ -113,7 +121,7 @@ def encode(message: Message) -> bytes:
     The bytes of a message (its descriptors travel beside them).
     """
     if isinstance(message, Handoff):
-        fields: dict = {"pending": _b64(message.pending)}
+        fields: dict = {"pending": _b64(message.pending), "sender": message.sender}
     elif isinstance(message, Migration):
         fields = {
             "pending": _b64(message.pending),
@@ -121,6 +129,8 @@ def encode(message: Message) -> bytes:
             "family": message.family,
             "replay": [[level, name, _b64(value)] for level, name, value in message.replay],
             "last_error": message.last_error,
+            "sender": message.sender,
+            "owner": message.owner,
         }
     else:
         fields = {}
@@ -142,21 +152,33 @@ def decode(data: bytes, fds: list[int]) -> Message:
         if kind == 1:
             return Ready(source, target, fds)
         pending = base64.b64decode(fields["pending"], validate=True)
+        sender = _credentials(fields.get("sender"))
         if kind == 2:
-            return Handoff(source, target, pending, fds)
+            return Handoff(source, target, pending, fds, sender)
         replay = [
             (int(level), int(name), base64.b64decode(value, validate=True))
             for level, name, value in fields["replay"]
         ]
         last_error = fields["last_error"]
+        owner = fields.get("owner")
+        if owner is not None:
+            pid, uid, gid, exe = owner
+            owner = (int(pid), int(uid), int(gid), None if exe is None else str(exe))
         return Migration(
             source, target, int(fields["socket_id"]), int(fields["family"]), replay,
-            None if last_error is None else str(last_error), pending, fds,
+            None if last_error is None else str(last_error), pending, fds, sender, owner,
         )
     except LinkError:
         raise
     except (struct.error, ValueError, KeyError, TypeError) as e:
         raise LinkError(f"a malformed link message: {e}") from None
+
+
+def _credentials(value: object) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    pid, uid, gid = value  # type: ignore[misc]
+    return int(pid), int(uid), int(gid)
 
 
 def fragments(data: bytes) -> list[bytes]:

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 _UCRED = struct.Struct("3i")
 
+#: C{(pid, uid, gid)} as the kernel reports them.
+Credentials = tuple[int, int, int]
+
 
 @dataclass(frozen=True)
 class PeerIdentity:
@@ -42,7 +45,14 @@ def peer_identity(sock: socket.socket) -> PeerIdentity:
     Ask the kernel who the peer of a connected Unix socket is.
     """
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
+    return identity_of(*_UCRED.unpack(raw))
+
+
+def identity_of(pid: int, uid: int, gid: int) -> PeerIdentity:
+    """
+    The identity of the process with these kernel-verified credentials,
+    with the program it runs now.
+    """
     try:
         executable: str | None = os.readlink(f"/proc/{pid}/exe")
     except OSError:

@@ -33,8 +33,9 @@ from .constants import IPPROTO_TLS, TLS_CONTEXT, SocketState
 from .errors import SSAError
 from .handoff import Handoff, Message, Migration, ReplayLog, close_all
 from .options import U64
-from .peer import peer_identity
+from .peer import Credentials, PeerIdentity, peer_identity
 from .service import SocketService
+from .twisted_internals import adopt_with_credentials
 from .wire import Frame, Op
 
 log = Logger()
@@ -111,9 +112,13 @@ class CrossWorker:
 
     # Leaving
 
-    def hand_off(self, transport, target: int, pending: bytes, request: Frame) -> Callable[[], None]:
+    def hand_off(
+        self, transport, target: int, pending: bytes, request: Frame, sender: Credentials | None = None
+    ) -> Callable[[], None]:
         """
         Start handing a connection to C{target}.
+
+        @param sender: who wrote C{pending}, as the kernel said.
 
         @return: what to call once the connection is lost here: it sends
             the connection on.
@@ -124,11 +129,15 @@ class CrossWorker:
             "handing a control connection to worker {target} (its {op} request names socket {socket:#x})",
             target=target, op=_name(request.op), socket=request.socket_id,
         )
-        return lambda: self.send(Handoff(self.index, target, pending, [fd]))
+        return lambda: self.send(Handoff(self.index, target, pending, [fd], sender))
 
-    def migrate(self, transport, socket_id: int, target: int, pending: bytes) -> Callable[[], None]:
+    def migrate(
+        self, transport, socket_id: int, target: int, pending: bytes, sender: Credentials | None = None
+    ) -> Callable[[], None]:
         """
         Start moving a NEW socket and its connection to C{target}.
+
+        @param sender: who wrote C{pending}, as the kernel said.
 
         @return: what to call once the connection is lost here.
         """
@@ -148,8 +157,10 @@ class CrossWorker:
             fds.append(entry.bound.detach())
         log.info("moving socket {socket:#x} to worker {target} for its TLS_CONTEXT",
                  socket=socket_id, target=target)
+        owner = entry.sock.owner
         message = Migration(
-            self.index, target, socket_id, entry.sock.family, replay, entry.sock.last_error, pending, fds
+            self.index, target, socket_id, entry.sock.family, replay, entry.sock.last_error, pending, fds,
+            sender, (owner.pid, owner.uid, owner.gid, owner.executable),
         )
         return lambda: self.send(message)
 
@@ -174,7 +185,7 @@ class CrossWorker:
                 close_all(message.fds)
                 return
             socket_id = message.socket_id
-        protocol = self._adopt(message.fds[0], message.pending, socket_id)
+        protocol = self._adopt(message.fds[0], message.pending, socket_id, message.sender)
         if protocol is None:
             return
         if socket_id is None:
@@ -191,11 +202,14 @@ class CrossWorker:
         peer is.
         """
         control, app_end, daemon_end, *rest = message.fds
-        view = socket.socket(fileno=control)
-        try:
-            owner = peer_identity(view)
-        finally:
-            view.detach()
+        if message.owner is not None:
+            owner = PeerIdentity(*message.owner)
+        else:
+            view = socket.socket(fileno=control)
+            try:
+                owner = peer_identity(view)
+            finally:
+                view.detach()
         bound = socket.socket(fileno=rest[0]) if rest else None
         try:
             sock = self.service.adopt_new_socket(
@@ -216,7 +230,7 @@ class CrossWorker:
         self.replay.replace(message.socket_id, message.replay)
         sock.last_error = message.last_error
 
-    def _adopt(self, fd: int, carried: bytes, socket_id: int | None):
+    def _adopt(self, fd: int, carried: bytes, socket_id: int | None, sender: Credentials | None = None):
         """
         Serve the connection C{fd} here, owning C{socket_id} if given.
 
@@ -224,10 +238,10 @@ class CrossWorker:
             is closed then, and so is the socket).
         """
         assert self.factory is not None
-        adopting = _Adopting(self.factory, carried, socket_id)
+        adopting = _Adopting(self.factory, carried, socket_id, sender)
         try:
             os.set_blocking(fd, False)
-            self.reactor.adoptStreamConnection(fd, socket.AF_UNIX, adopting)
+            adopt_with_credentials(self.reactor, fd, adopting)
         except OSError as e:
             log.warn("could not adopt a control connection: {error}", error=e)  # noqa: G010
         finally:
@@ -249,9 +263,12 @@ class _Adopting(Factory):
 
     noisy = False
 
-    def __init__(self, factory: Factory, carried: bytes, socket_id: int | None) -> None:
+    def __init__(
+        self, factory: Factory, carried: bytes, socket_id: int | None, sender: Credentials | None = None
+    ) -> None:
         self.factory = factory
         self.carried = carried
+        self.sender = sender
         self.socket_id = socket_id
         self.built = None
 
@@ -262,6 +279,7 @@ class _Adopting(Factory):
         built = self.factory.buildProtocol(addr)
         if built is not None:
             built.carried = self.carried
+            built.carried_sender = self.sender
             if self.socket_id is not None:
                 built.sockets.add(self.socket_id)
         self.built = built

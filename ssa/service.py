@@ -28,7 +28,7 @@ from .policy import Policy
 from .profiles import PolicySet
 from .sessions import SessionCache, session_key
 from .sockets import TLSSocket, check_socket_args
-from .takeover import TakeoverError, take_socket
+from .twisted_internals import TakeoverError, take_socket
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
 

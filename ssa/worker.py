@@ -16,7 +16,7 @@ import signal
 import socket
 
 from twisted.application.service import Service
-from twisted.internet import main, tcp, unix
+from twisted.internet import main, tcp
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,13 +27,14 @@ from .handoff import Ready
 from .link import Link
 from .routing import CrossWorker
 from .service import SocketService
+from .twisted_internals import CredentialPort
 
 log = Logger()
 
 _PR_SET_PDEATHSIG = 1
 
 
-class SharedControlPort(unix.Port):
+class SharedControlPort(CredentialPort):
     """
     The control socket as a worker serves it: a listening socket it got
     from the main process, served as it is. A L{unix.Port} would call

@@ -24,6 +24,7 @@ from ssa.policyfile import load_default, load_policy
 from ssa.profiles import PolicySet
 from ssa.routing import CrossWorker
 from ssa.service import SocketService
+from ssa.twisted_internals import listen_with_credentials
 from ssa.worker import WorkerProcessService
 from ssa.workers import CONTROL_FD, LINK_FD, WorkerSupervisor
 
@@ -102,7 +103,7 @@ class UnixFrontendService(Service):
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755 if os.getuid() == 0 else 0o700, exist_ok=True)
         _remove_stale(self.path)
-        self.port = self.reactor.listenUNIX(self.path, ControlFactory(self.sockets, self.workers), mode=0o666, backlog=128)
+        self.port = listen_with_credentials(self.reactor, self.path, ControlFactory(self.sockets, self.workers))
         log.info("SSA daemon listening on {path} with the {backend} backend",
                  path=self.path, backend=self.sockets.backend.name)
 

@@ -21,6 +21,7 @@ from zope.interface.verify import verifyObject
 
 from ssa import _channels, client
 from ssa.frontends.unix import ControlFactory
+from ssa.twisted_internals import listen_with_credentials
 from ssa.interfaces import ISocketAPI, ITLSBackend
 from ssa.policy import Policy
 from ssa.service import SocketService
@@ -62,7 +63,7 @@ class InternalFailureTests(TestCase):
         path = tempfile.mkdtemp() + "/ssa.sock"
         service = SocketService(reactor, BrokenBackend(), Policy())
         verifyObject(ISocketAPI, service)
-        port = reactor.listenUNIX(path, ControlFactory(service))
+        port = listen_with_credentials(reactor, path, ControlFactory(service))
         self.addCleanup(port.stopListening)
         self.addCleanup(_channels.close_idle, path)
         tcp = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")

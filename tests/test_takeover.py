@@ -1,5 +1,5 @@
 """
-Taking a connected socket from a Twisted transport (L{ssa.takeover}) and
+Taking a connected socket from a Twisted transport (L{ssa.twisted_internals}) and
 the bridge's send helper: pure logic on real sockets, no reactor running.
 """
 
@@ -12,7 +12,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from ssa.bridge import _send_after
-from ssa.takeover import TakeoverError, take_socket
+from ssa.twisted_internals import TakeoverError, take_socket
 
 
 class _Transport(FileDescriptor):

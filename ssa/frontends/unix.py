@@ -30,7 +30,7 @@ from zope.interface import implementer
 from .. import wire
 from ..connector import INTERNAL_ERROR
 from ..errors import SSAError
-from ..peer import PeerIdentity, peer_identity
+from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
 from ..service import SocketService
 from ..wire import Frame, FrameDecoder, FramingError, Op
 
@@ -51,6 +51,8 @@ class ControlProtocol(Protocol):
         requests that cross them; else L{None}.
     @ivar carried: bytes another worker read from this connection before
         handing it here; they come before anything read here.
+    @ivar carried_sender: the credentials of the process that wrote
+        C{carried}, as that worker read them.
     """
 
     def __init__(
@@ -62,7 +64,13 @@ class ControlProtocol(Protocol):
         self.peer: PeerIdentity | None = None
         self.workers = workers
         self.carried = b""
+        self.carried_sender: Credentials | None = None
         self._open = False
+        # Who wrote the bytes of the current read (SCM_CREDENTIALS), and
+        # who wrote the start of a request still incomplete.
+        self._chunk_sender: Credentials | None = None
+        self._partial_sender: Credentials | None = None
+        self.sender: Credentials | None = None
         self._waiting: set[Deferred] = set()
         self._moving_to: int | None = None
         self._departure: Callable[[], None] | None = None
@@ -79,6 +87,12 @@ class ControlProtocol(Protocol):
             self.transport.loseConnection()
             return
 
+    def credentials_received(self, credentials: Credentials | None) -> None:
+        """
+        The kernel says who wrote the bytes of the next L{dataReceived}.
+        """
+        self._chunk_sender = credentials
+
     def fileDescriptorReceived(self, descriptor: int) -> None:
         """
         Version 1 requests carry no descriptors: close any that arrive.
@@ -90,7 +104,16 @@ class ControlProtocol(Protocol):
         Decode frames and answer each.
         """
         if self.carried:
-            data, self.carried = self.carried + data, b""
+            carried, self.carried = self.carried, b""
+            chunk_sender, self._chunk_sender = self._chunk_sender, self.carried_sender
+            self._feed(carried)
+            self._chunk_sender = chunk_sender
+        if data and self._open:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        sender = self._chunk_sender
+        continued = self.decoder.pending > 0
         try:
             frames = self.decoder.feed(data)
         except FramingError as e:
@@ -98,9 +121,17 @@ class ControlProtocol(Protocol):
             log.info("closing a control connection of {peer}: {error}", peer=self._who(), error=e)
             self.transport.loseConnection()
             return
+        first_sender = sender
+        if continued and self._partial_sender != sender:
+            first_sender = None  # one request written by two processes: trust neither
+        if self.decoder.pending and (frames or not continued):
+            self._partial_sender = sender
+        elif self.decoder.pending and self._partial_sender != sender:
+            self._partial_sender = None
         for index, frame in enumerate(frames):
             if not self._open:
                 return
+            self.sender = first_sender if index == 0 else sender
             if self.workers is not None and self._hand_off(frame, frames[index:]):
                 return
             self._handle(frame)
@@ -123,7 +154,10 @@ class ControlProtocol(Protocol):
         target = self.workers.owner_of_request(frame)
         if target is None:
             return False
-        self._leave(lambda pending: self.workers.hand_off(self.transport, target, pending, frame), unanswered)
+        sender = self.sender
+        self._leave(
+            lambda pending: self.workers.hand_off(self.transport, target, pending, frame, sender), unanswered
+        )
         return True
 
     def _migrate(self, socket_id: int, unanswered: list[Frame]) -> None:
@@ -135,7 +169,7 @@ class ControlProtocol(Protocol):
         target, self._moving_to = self._moving_to, None
 
         def start(pending: bytes) -> Callable[[], None]:
-            departure = self.workers.migrate(self.transport, socket_id, target, pending)
+            departure = self.workers.migrate(self.transport, socket_id, target, pending, self.sender)
             self.sockets.discard(socket_id)
             return departure
 
@@ -195,8 +229,7 @@ class ControlProtocol(Protocol):
 
     def _socket(self, frame: Frame) -> None:
         family, type_, proto = wire.SOCKET_ARGS.unpack(frame.body)
-        assert self.peer is not None
-        sock, app_end = self.service.open_socket(self.peer, family, type_, proto)
+        sock, app_end = self.service.open_socket(self._requester(), family, type_, proto)
         self.sockets.add(sock.id)
         self.transport.sendFileDescriptor(app_end)
         self._send(wire.encode_reply(frame, 0, wire.NEW_SOCKET.pack(sock.id), nfds=1))
@@ -254,8 +287,7 @@ class ControlProtocol(Protocol):
 
     def _accept(self, frame: Frame) -> None:
         (flags,) = wire.ACCEPT_FLAGS.unpack_from(frame.body)
-        assert self.peer is not None
-        done = self.service.accept(frame.socket_id, self.peer, not flags & wire.ACCEPT_NONBLOCKING)
+        done = self.service.accept(frame.socket_id, self._requester(), not flags & wire.ACCEPT_NONBLOCKING)
         self._waiting.add(done)
 
         def delivered(result: tuple) -> None:
@@ -299,6 +331,21 @@ class ControlProtocol(Protocol):
             # Answer now, not on the reactor's next turn: the application
             # is waiting. A failed write shows on the next read anyway.
             self.transport.doWrite()
+
+    def _requester(self) -> PeerIdentity:
+        """
+        Who sent the request being handled, as the kernel says
+        (C{SCM_CREDENTIALS}), with the program it runs now: not who opened
+        the connection, which may have passed it on, changed its user or
+        executed another program since.
+
+        @raise SSAError: EACCES when the kernel did not say.
+        """
+        if self.sender is None:
+            raise SSAError(
+                errno.EACCES, "the daemon could not learn who sent this request (no SCM_CREDENTIALS)"
+            )
+        return identity_of(*self.sender)
 
     def _who(self) -> str:
         return self.peer.describe() if self.peer else "an unknown peer"
