@@ -200,12 +200,30 @@ class ControlChannel:
                 if reply.tag == tag:
                     break
                 self._close_fds(fds)
+                if reply.tag == 0:
+                    self._refused(reply)
             try:
                 code, payload = wire.decode_reply_body(reply.body)
             except wire.FramingError as e:
                 self._close_fds(fds)
                 raise self._lose(str(e)) from None
             return code, payload, fds
+
+    def _refused(self, frame: wire.Frame) -> None:
+        """
+        A frame of tag 0 answers no request: the daemon says why it is
+        closing the connection (a bound reached, a malformed request).
+
+        @raise OSError: its errno and reason.
+        """
+        try:
+            code, payload = wire.decode_reply_body(frame.body)
+        except wire.FramingError:
+            return
+        if code:
+            reason = payload.decode("utf-8", "replace")
+            self._broken = f"the SSA daemon at {self.path} closed the connection: {reason}"
+            raise OSError(code, self._broken)
 
     def _check(self) -> socket.socket:
         if self._sock is None:

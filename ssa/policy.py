@@ -45,6 +45,10 @@ class Policy:
     @ivar connect_timeout: C{connect-timeout}, seconds for TCP.
     @ivar handshake_timeout: C{handshake-timeout}, seconds for TLS.
     @ivar max_sockets_per_client: C{max-sockets-per-client}, per process.
+    @ivar max_sockets_per_user: C{max-sockets-per-user}, per uid (the
+        daemon also caps it at a quarter of what its descriptors allow).
+    @ivar max_request_bytes_per_user: C{max-request-bytes-per-user}: bytes
+        of unfinished requests the daemon buffers for one uid.
     @ivar backend: C{backend}, the TLS backend's name.
     @ivar session_tickets: C{session-tickets}: resumption by tickets too
         (only when C{session_resumption} is on).
@@ -82,6 +86,8 @@ class Policy:
     connect_timeout: float = 15.0
     handshake_timeout: float = 30.0
     max_sockets_per_client: int = 1024
+    max_sockets_per_user: int = 4096
+    max_request_bytes_per_user: int = 16 << 20
     backend: str = "openssl"
     session_tickets: bool = False
     session_resumption: bool = True
@@ -384,6 +390,8 @@ KEYS: tuple[Key, ...] = (
     Key("connect-timeout", "connect_timeout", _seconds),
     Key("handshake-timeout", "handshake_timeout", _seconds),
     Key("max-sockets-per-client", "max_sockets_per_client", _integer(1, 2**31 - 1)),
+    Key("max-sockets-per-user", "max_sockets_per_user", _integer(1, 2**31 - 1)),
+    Key("max-request-bytes-per-user", "max_request_bytes_per_user", _integer(1 << 20, 2**62)),
     Key("backend", "backend", _backend, str, global_only=True),
     Key("log-format", "log_format", _choice("text", "json"), str, global_only=True),
 )

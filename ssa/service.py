@@ -7,6 +7,7 @@ and bridges. Frontends call it; it never parses a wire format.
 from __future__ import annotations
 
 import errno
+import resource
 import secrets
 import socket
 from collections import Counter
@@ -22,6 +23,7 @@ from .connector import INTERNAL_ERROR, ConnectAttempt
 from .constants import IPPROTO_TLS, SocketState, version_name
 from .errors import SSAError
 from .interfaces import ISocketAPI, ITLSBackend
+from .limits import SocketCounts
 from .listener import Listener, PendingConnection
 from .peer import PeerIdentity
 from .policy import Policy
@@ -93,7 +95,7 @@ class SocketService:
             policies = PolicySet(default=policies)
         self.policies = policies
         self.entries: dict[int, SocketEntry] = {}
-        self._per_process: Counter[int] = Counter()
+        self.counts = SocketCounts()
         self.counters: Counter[str] = Counter()
         self.sessions = SessionCache()
 
@@ -118,17 +120,19 @@ class SocketService:
         """
         check_socket_args(family, type_, proto)
         policy = self.policies.for_peer(owner)
-        limit = policy.max_sockets_per_client
-        if self._per_process[owner.pid] >= limit:
-            raise SSAError(
-                errno.EMFILE, f"the policy's max-sockets-per-client ({limit}) is reached"
-            )
+        self.counts.admit(
+            owner.pid, owner.uid, policy.max_sockets_per_client, policy.max_sockets_per_user,
+            descriptor_limit(),
+        )
         socket_id = self._new_socket_id()
-        app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:
+            raise SSAError(errno.ENOBUFS, f"the daemon cannot make a socket now: {e.strerror}") from None
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
         self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach())
-        self._per_process[owner.pid] += 1
+        self.counts.add(owner.pid, owner.uid)
         self.counters["sockets_opened"] += 1
         return sock, self.entries[socket_id].app_end
 
@@ -163,10 +167,7 @@ class SocketService:
         if entry.sock.state is not SocketState.NEW or entry.daemon_end is None:
             raise SSAError(errno.EINVAL, f"socket {socket_id:#x} is not NEW and cannot move")
         del self.entries[socket_id]
-        owner = entry.sock.owner.pid
-        self._per_process[owner] -= 1
-        if self._per_process[owner] <= 0:
-            del self._per_process[owner]
+        self.counts.remove(entry.sock.owner.pid, entry.sock.owner.uid)
         self.counters["sockets_moved_out"] += 1
         return entry
 
@@ -178,8 +179,9 @@ class SocketService:
         Make a NEW socket that another worker process released (see
         L{release_new_socket}), keeping its id and descriptors; it gets
         this worker's policy for C{owner}, and the caller replays its
-        options. It counts towards C{max-sockets-per-client} here, but is
-        not refused for it: it exists already.
+        options. It counts towards C{max-sockets-per-client} and
+        C{max-sockets-per-user} here, but is not refused for them: it
+        exists already.
 
         @param bound: its bound network socket, if it was bound.
         """
@@ -192,7 +194,7 @@ class SocketService:
             host, port = bound.getsockname()[:2]
             sock.bound(host, port)
         self.entries[socket_id] = entry
-        self._per_process[owner.pid] += 1
+        self.counts.add(owner.pid, owner.uid)
         self.counters["sockets_moved_in"] += 1
         return sock
 
@@ -323,10 +325,7 @@ class SocketService:
         entry = self.entries.pop(socket_id, None)
         if entry is None:
             return
-        owner = entry.sock.owner.pid
-        self._per_process[owner] -= 1
-        if self._per_process[owner] <= 0:
-            del self._per_process[owner]
+        self.counts.remove(entry.sock.owner.pid, entry.sock.owner.uid)
         if entry.attempt is not None:
             entry.attempt.cancel()
         if entry.bridge is not None:
@@ -549,6 +548,13 @@ class SocketService:
                 waiter.callback(None)
             else:
                 waiter.errback(failure)
+
+
+def descriptor_limit() -> int:
+    """
+    How many descriptors this process may have open.
+    """
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:

@@ -159,6 +159,8 @@ revocation-mode: hard-fail
 connect-timeout: 2.5
 handshake-timeout: 7
 max-sockets-per-client: 3
+max-sockets-per-user: 40
+max-request-bytes-per-user: 2097152
 backend: stdlib
 log-format: json
 """
@@ -181,7 +183,8 @@ class KeyTests(PolicyFileCase):
             session_resumption=False, session_tickets=True, session_timeout=0, cert_transparency=True,
             revocation_checks=True, revocation_stapled=False, revocation_ocsp=False, revocation_crl=True,
             revocation_cached=False, revocation_mode="hard-fail", connect_timeout=2.5, handshake_timeout=7.0,
-            max_sockets_per_client=3, backend="stdlib", log_format="json",
+            max_sockets_per_client=3, max_sockets_per_user=40, max_request_bytes_per_user=2 << 20,
+            backend="stdlib", log_format="json",
             source=os.path.join(self.dir, "config.yml"),
         ))
 

@@ -31,7 +31,8 @@ from .. import wire
 from ..connector import INTERNAL_ERROR
 from ..errors import SSAError
 from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
-from ..service import SocketService
+from ..limits import EXTRA_CONNECTIONS, RequestBudget, user_socket_bound
+from ..service import SocketService, descriptor_limit
 from ..wire import Frame, FrameDecoder, FramingError, Op
 
 if TYPE_CHECKING:
@@ -56,9 +57,18 @@ class ControlProtocol(Protocol):
     """
 
     def __init__(
-        self, service: SocketService, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None
+        self, service: SocketService, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
+        """
+        @param budget: the daemon's per-uid count of control connections
+            and buffered request bytes (this connection's own by default).
+        """
         self.service = service
+        self.budget = RequestBudget() if budget is None else budget
+        self._counted = False
+        self._buffered = 0
+        self._buffer_bound = 0
         self.decoder = FrameDecoder(max_frame)
         self.sockets: set[int] = set()
         self.peer: PeerIdentity | None = None
@@ -86,6 +96,22 @@ class ControlProtocol(Protocol):
             log.warn("cannot read the peer's credentials ({error}); closing", error=e)
             self.transport.loseConnection()
             return
+        policy = self.service.policies.for_peer(self.peer)
+        self._buffer_bound = policy.max_request_bytes_per_user
+        bound = user_socket_bound(policy.max_sockets_per_user, descriptor_limit()) + EXTRA_CONNECTIONS
+        self._counted = self.budget.open_connection(self.peer.uid, bound)
+        if not self._counted:
+            self._refuse(errno.EMFILE, f"uid {self.peer.uid} holds {bound} control connections to the daemon, "
+                                       "its bound (max-sockets-per-user and its share of the daemon)")
+
+    def _refuse(self, err: int, reason: str) -> None:
+        """
+        Say why in a frame of tag 0 (no request's) and close.
+        """
+        log.info("closing a control connection of {peer}: {reason}", peer=self._who(), reason=reason)
+        self._send(wire.encode_frame(0, 0, 0, wire.ERRNO.pack(err) + reason.encode()))
+        self._open = False
+        self.transport.loseConnection()
 
     def credentials_received(self, credentials: Credentials | None) -> None:
         """
@@ -117,9 +143,9 @@ class ControlProtocol(Protocol):
         try:
             frames = self.decoder.feed(data)
         except FramingError as e:
-            self._send(wire.encode_frame(0, 0, 0, wire.ERRNO.pack(errno.EPROTO) + str(e).encode()))
-            log.info("closing a control connection of {peer}: {error}", peer=self._who(), error=e)
-            self.transport.loseConnection()
+            self._refuse(errno.EPROTO, str(e))
+            return
+        if not self._account_buffered():
             return
         first_sender = sender
         if continued and self._partial_sender != sender:
@@ -188,11 +214,33 @@ class ControlProtocol(Protocol):
             log.failure("could not move a control connection of {peer} to another worker", peer=self._who())
             self.transport.loseConnection()
 
+    def _account_buffered(self) -> bool:
+        """
+        Count what the decoder holds of unfinished requests towards the
+        uid's bound; over it, refuse the connection. Say whether it goes on.
+        """
+        if not self._counted:
+            return self._open
+        assert self.peer is not None
+        held = self.decoder.pending
+        total = self.budget.change_buffered(self.peer.uid, held - self._buffered)
+        self._buffered = held
+        if total > self._buffer_bound:
+            self._refuse(errno.ENOBUFS, f"uid {self.peer.uid}'s unfinished requests hold {total} bytes, over "
+                                        f"the policy's max-request-bytes-per-user ({self._buffer_bound})")
+            return False
+        return True
+
     def connectionLost(self, reason: Failure | None = None) -> None:
         """
         The application closed (or died): close its sockets.
         """
         self._open = False
+        if self._counted:
+            assert self.peer is not None
+            self._counted = False
+            self.budget.close_connection(self.peer.uid, self._buffered)
+            self._buffered = 0
         for waiting in list(self._waiting):
             waiting.cancel()
         for socket_id in self.sockets:
@@ -384,6 +432,7 @@ class ControlFactory(Factory):
         """
         self.service = service
         self.workers = workers
+        self.budget = RequestBudget()
         if workers is not None:
             workers.factory = self
 
@@ -391,4 +440,4 @@ class ControlFactory(Factory):
         """
         A new control connection.
         """
-        return ControlProtocol(self.service, workers=self.workers)
+        return ControlProtocol(self.service, workers=self.workers, budget=self.budget)

@@ -6,6 +6,7 @@ on a private control socket, with its log in a file.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,15 @@ class DaemonProcess:
     @ivar log_path: where its log goes.
     """
 
-    def __init__(self, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+        descriptor_limit: int | None = None,
+    ) -> None:
+        """
+        @param descriptor_limit: C{RLIMIT_NOFILE} (soft and hard) for the
+            daemon, to test what it does when descriptors run short.
+        """
+        self._descriptor_limit = descriptor_limit
         self._dir = tempfile.mkdtemp(prefix="ssa-daemon-")
         self.socket_path = os.path.join(self._dir, "ssa.sock")
         self.log_path = os.path.join(self._dir, "daemon.log")
@@ -49,7 +58,8 @@ class DaemonProcess:
         self.stderr_path = os.path.join(self._dir, "stderr")
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
-                args, env=env, cwd=self._dir, stdin=subprocess.DEVNULL, stderr=stderr
+                args, env=env, cwd=self._dir, stdin=subprocess.DEVNULL, stderr=stderr,
+                preexec_fn=None if self._descriptor_limit is None else self._limit_descriptors,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -63,6 +73,10 @@ class DaemonProcess:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"the daemon did not listen within {timeout} s:\n{self.log()}")
+
+    def _limit_descriptors(self) -> None:
+        assert self._descriptor_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self._descriptor_limit, self._descriptor_limit))
 
     def _accepting(self) -> bool:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
