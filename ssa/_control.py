@@ -74,7 +74,8 @@ class ControlChannel:
             C{path}.
         """
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one request (send, then wait) at a time
+        self._send_lock = threading.Lock()  # one frame written at a time
         self._decoder = wire.FrameDecoder()
         self._fds: deque[int] = deque()
         self._pending: deque[tuple[wire.Frame, list[int]]] = deque()
@@ -106,27 +107,32 @@ class ControlChannel:
     def post(self, op: int, socket_id: int, body: bytes = b"") -> bool:
         """
         Send a request without waiting for its reply (a later request
-        skips it). Used for CLOSE.
+        skips it), even while another thread waits for a reply here. Used
+        for CLOSE, which tells the daemon that the application closed the
+        socket (rather than died, which ends the connection without it).
 
-        @return: whether it was sent: C{False} when another thread is in a
-            request on this connection or the connection failed.
+        @return: whether it was sent (not after L{close} or a failure).
         """
-        if not self._lock.acquire(blocking=False):
-            return False
-        try:
+        with self._send_lock:
             sock = self._sock
             if sock is None or self._broken is not None:
                 return False
-            self._tag = self._tag % 0xFFFFFFFF + 1
             try:
-                sock.settimeout(None)
-                sock.sendall(wire.encode_frame(op, self._tag, socket_id, body))
+                self._send(sock, op, socket_id, body)
             except OSError as e:
                 self._lose(e.strerror or str(e))
                 return False
             return True
-        finally:
-            self._lock.release()
+
+    def _send(self, sock: socket.socket, op: int, socket_id: int, body: bytes) -> int:
+        """
+        Write one request frame (the caller holds L{_send_lock}).
+
+        @return: its tag.
+        """
+        self._tag = self._tag % 0xFFFFFFFF + 1
+        sock.sendall(wire.encode_frame(op, self._tag, socket_id, body))
+        return self._tag
 
     def discard_copy(self) -> None:
         """
@@ -187,12 +193,10 @@ class ControlChannel:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             sock = self._check()
-            self._tag = self._tag % 0xFFFFFFFF + 1
-            tag = self._tag
-            frame = wire.encode_frame(op, tag, socket_id, body)
             try:
                 sock.settimeout(None)
-                sock.sendall(frame)
+                with self._send_lock:
+                    tag = self._send(sock, op, socket_id, body)
             except OSError as e:
                 raise self._lose(e.strerror or str(e)) from None
             while True:

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from . import descriptors
 from .errors import TLSFailure, TLSTruncated
+from .edge import watcher_for
 from .interfaces import ITLSEngine
 
 log = Logger()
@@ -128,7 +129,6 @@ class Bridge:
         engine: ITLSEngine,
         tcp: socket.socket,
         plaintext_fd: int,
-        app_end: int,
         on_end: Callable[[BaseException | None], None],
         unsent: bytes = b"",
         on_first_data: Callable[[], None] | None = None,
@@ -137,8 +137,6 @@ class Bridge:
         @param tcp: the connected, nonblocking TCP socket; the bridge owns it.
         @param plaintext_fd: the daemon's end of the socketpair; the bridge
             owns it.
-        @param app_end: the daemon's copy of the application's descriptor,
-            used only to make a failure reach the application as an error.
         @param on_end: called once when both sides are closed.
         @param unsent: ciphertext to send before anything else.
         @param on_first_data: called once, when the first data from the
@@ -147,7 +145,6 @@ class Bridge:
         self.reactor = reactor
         self.engine = engine
         self.failure: BaseException | None = None
-        self._app_end = app_end
         self._on_end = on_end
         self._on_first_data = on_first_data
         plaintext = socket.socket(fileno=plaintext_fd)
@@ -166,6 +163,11 @@ class Bridge:
         self._failing = False
         self._ended = False
         self._linger = None
+        self._app_ready = False          # an edge came and the plaintext end may hold unread bytes
+        self._read_scheduled = False
+        self._scratch = bytearray(READ_SIZE)
+        self._edges = watcher_for(reactor)
+        self._edges.watch(plaintext_fd, self._plaintext_edge)
         self._send_peer(unsent)
 
     @property
@@ -195,19 +197,31 @@ class Bridge:
 
     # The application's side
 
+    def _plaintext_edge(self) -> None:
+        """
+        New bytes (or the application's end) reached the plaintext end.
+        """
+        self._app_ready = True
+        self._plaintext_readable()
+
     def _plaintext_readable(self) -> None:
+        self._read_scheduled = False
         sock = self._plaintext.socket
         for _ in range(READS_PER_TURN):
-            if self._to_peer or self._app_done_writing or self._ended:
+            if not self._can_read_app():
                 break
             try:
-                data = sock.recv(READ_SIZE)
+                data = sock.recv(READ_SIZE, socket.MSG_PEEK)  # after the placeholder (SO_PEEK_OFF)
+                if data:
+                    self._consume(sock, len(data))
             except BlockingIOError:
+                self._app_ready = False
                 break
             except OSError:
                 self._plaintext_gone()
                 return
             if not data:
+                self._app_ready = False
                 self._application_done_writing()
                 break
             try:
@@ -219,6 +233,23 @@ class Bridge:
             if len(data) < READ_SIZE:
                 break
         self._update()
+
+    def _can_read_app(self) -> bool:
+        return self._app_ready and self._plaintext.socket.fileno() >= 0 and not (
+            self._to_peer or self._app_done_writing or self._ended or self._failing
+        )
+
+    def _consume(self, sock: socket.socket, count: int) -> None:
+        """
+        Take C{count} peeked bytes out of the queue: the placeholder and
+        all of them but the last, which is the placeholder now.
+        """
+        scratch = memoryview(self._scratch)
+        while count > 0:
+            got = sock.recv_into(scratch, count)
+            if not got:
+                break
+            count -= got
 
     def _application_done_writing(self) -> None:
         """
@@ -396,6 +427,25 @@ class Bridge:
             return
         self._linger_then_close()
 
+    def abort(self) -> None:
+        """
+        The application is gone without closing (or the daemon stops):
+        unless it had ended its stream (C{shutdown(SHUT_WR)}, after which
+        this is an ordinary close), reset the connection without
+        close_notify, so the peer cannot take what arrived for all of it,
+        and make the application's end read C{ECONNRESET}.
+        """
+        if self._closing or self._ended:
+            return
+        if self._app_done_writing and not self._failing:
+            self.close()
+            return
+        log.info("the application ended without closing its socket: resetting the connection")
+        self._closing = True
+        self._failing = True
+        self._abort_tcp()
+        self._close_plaintext()
+
     def _close_secure(self) -> None:
         """
         Close the secure side cleanly (close_notify, then close once sent).
@@ -444,12 +494,10 @@ class Bridge:
 
     def _signal_error_and_close(self) -> None:
         """
-        Make the application's next read, after the bytes already sent,
-        fail with C{ECONNRESET}: the kernel does that when the daemon's end
-        closes with unread data queued, so queue one byte first.
+        Close the plaintext end with its placeholder unread: the kernel
+        makes the application's next read, after the bytes already sent,
+        fail with C{ECONNRESET}.
         """
-        if self._plaintext.socket.fileno() >= 0 and not self._closing:
-            descriptors.send_byte(self._app_end)
         self._close_plaintext()
 
     def _lost(self, reason: Failure) -> None:
@@ -483,6 +531,8 @@ class Bridge:
         self._maybe_end()
 
     def _forget(self, end: _End) -> None:
+        if end is self._plaintext and end.socket.fileno() >= 0:
+            self._edges.forget(end.socket.fileno())
         if end.reading:
             self.reactor.removeReader(end)
             end.reading = False
@@ -503,6 +553,8 @@ class Bridge:
         if not (secure_done and plaintext_done):
             return
         self._ended = True
+        if self.failure is None and not self._failing and self._plaintext.socket.fileno() >= 0:
+            descriptors.take_byte(self._plaintext.socket.fileno())  # a clean end reads as one
         for end in (self._secure, self._plaintext):
             if end.socket.fileno() >= 0:
                 self._forget(end)
@@ -521,9 +573,12 @@ class Bridge:
         open_plaintext = plaintext.socket.fileno() >= 0
         self._watch(secure, open_secure and not self._tcp_eof and not self._to_app and not self._failing,
                     open_secure and bool(self._to_peer))
-        self._watch(plaintext, open_plaintext and not self._app_done_writing and not self._to_peer
-                    and not self._failing,
-                    open_plaintext and bool(self._to_app))
+        self._watch(plaintext, False, open_plaintext and bool(self._to_app))
+        if open_plaintext and self._can_read_app() and not self._read_scheduled:
+            # Edge-triggered: bytes left unread when reading stopped bring
+            # no new edge, so read them on the next turn.
+            self._read_scheduled = True
+            self.reactor.callLater(0, self._plaintext_readable)
 
     def _watch(self, end: _End, read: bool, write: bool) -> None:
         reactor = self.reactor

@@ -287,8 +287,10 @@ class SSASocket:
         finally:
             # An explicit CLOSE lets the connection serve a later socket of
             # this process (L{ssa._channels}); its end would close it too.
+            # Without it the daemon takes the connection's end for the
+            # application's death and resets the peer (docs/protocol.md).
             channel = self._channel
-            if channel.post(wire.Op.CLOSE, self._id):
+            if channel.post(wire.Op.CLOSE, self._id) and channel.reusable:
                 _channels.give_back(channel)
             else:
                 channel.close()

@@ -5,6 +5,16 @@ application shares their open file descriptions).
 
 The pair: the application holds one end (C{app_end}, and the daemon keeps
 a copy of it), the daemon the other (C{daemon_end}).
+
+The placeholder: C{daemon_end} always holds one byte the daemon has not
+read, first in its queue. The kernel makes the application's next read
+fail with ECONNRESET (after the bytes already delivered) when the other
+end closes with unread bytes, so whenever the daemon's end closes without
+the daemon saying it ended cleanly (the daemon or its worker is killed,
+the connection failed), the application reads an error, never a clean
+end-of-file. The daemon reads past the placeholder with C{MSG_PEEK} from
+offset 1 (C{SO_PEEK_OFF}) and then consumes what it peeked minus one
+byte, so the last byte it forwarded becomes the next placeholder.
 """
 
 from __future__ import annotations
@@ -15,6 +25,27 @@ import socket
 
 def _borrow(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
+
+
+#: Linux's C{SO_PEEK_OFF} (Python's C{socket} module does not name it).
+SO_PEEK_OFF = getattr(socket, "SO_PEEK_OFF", 42)
+
+
+def hold_placeholder(app_end: int, daemon_end: int) -> None:
+    """
+    Queue the placeholder byte towards C{daemon_end}, before the
+    application can write anything, and make its peeks skip it.
+    """
+    sock = _borrow(app_end)
+    try:
+        sock.send(b"\0", socket.MSG_DONTWAIT)
+    finally:
+        sock.detach()
+    sock = _borrow(daemon_end)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 1)
+    finally:
+        sock.detach()
 
 
 def close_quietly(fd: int | None) -> None:
@@ -45,7 +76,9 @@ def send_byte(fd: int | None) -> None:
 
 def take_byte(fd: int) -> None:
     """
-    Take back one byte queued towards C{fd} by L{send_byte}.
+    Take back one byte queued towards C{fd} by L{send_byte}, or the
+    placeholder (before closing a daemon's end after a clean end, so that
+    the application's reads go on seeing end-of-file).
     """
     sock = _borrow(fd)
     try:
@@ -79,7 +112,8 @@ def fill(app_end: int) -> int:
 
 def discard(daemon_end: int, count: int) -> None:
     """
-    Read and drop C{count} filler bytes queued by L{fill}.
+    Read and drop C{count} bytes: the placeholder and all filler bytes
+    queued by L{fill} but the last, which is the placeholder then.
     """
     sock = _borrow(daemon_end)
     try:
@@ -91,16 +125,22 @@ def discard(daemon_end: int, count: int) -> None:
     except BlockingIOError:
         pass
     finally:
+        # Reads took the peek offset down with them: skip the new
+        # placeholder again.
+        sock.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 1)
         sock.detach()
 
 
 def drain(fd: int) -> list[bytes]:
     """
-    Read everything queued on C{fd} now, without blocking.
+    Read everything queued on C{fd} now, without blocking, after the
+    placeholder (which is dropped: the application then reads a clean
+    end-of-file once C{fd} closes).
     """
     sock = _borrow(fd)
     chunks = []
     try:
+        sock.recv(1, socket.MSG_DONTWAIT)
         while chunk := sock.recv(1 << 18, socket.MSG_DONTWAIT):
             chunks.append(chunk)
     except OSError:

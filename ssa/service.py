@@ -129,6 +129,7 @@ class SocketService:
             app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         except OSError as e:
             raise SSAError(errno.ENOBUFS, f"the daemon cannot make a socket now: {e.strerror}") from None
+        descriptors.hold_placeholder(app.fileno(), daemon.fileno())
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
         self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach())
@@ -318,9 +319,16 @@ class SocketService:
         """
         return self.entry(socket_id).sock.get_option(level, name)
 
-    def close(self, socket_id: int) -> None:
+    def close(self, socket_id: int, abort: bool = False) -> None:
         """
         C{close()}: stop any attempt, close_notify if connected, free all.
+
+        @param abort: the application did not close the socket but is gone
+            (its control connection ended without CLOSE), or the daemon is
+            stopping: a connection whose stream the application had not
+            ended is reset instead (no close_notify), and the application
+            reads ECONNRESET, so that neither side takes a cut stream for a
+            complete one.
         """
         entry = self.entries.pop(socket_id, None)
         if entry is None:
@@ -330,7 +338,10 @@ class SocketService:
             entry.attempt.cancel()
         if entry.bridge is not None:
             self._keep_session(entry)
-            entry.bridge.close()
+            if abort:
+                entry.bridge.abort()
+            else:
+                entry.bridge.close()
         if entry.listener is not None:
             entry.listener.close()
             waiters, entry.accept_waiters = entry.accept_waiters, []
@@ -365,7 +376,7 @@ class SocketService:
         Close every socket (the daemon is stopping).
         """
         for socket_id in list(self.entries):
-            self.close(socket_id)
+            self.close(socket_id, abort=True)
 
     # Outcomes
 
@@ -423,7 +434,7 @@ class SocketService:
                 self._keep_session(entry)
         for fd in (daemon_end, entry.app_end):
             descriptors.set_send_buffer(fd, PLAINTEXT_BUFFER)
-        bridge = Bridge(self.reactor, protocol.engine, tcp, daemon_end, entry.app_end, on_end, unsent, keep_session)
+        bridge = Bridge(self.reactor, protocol.engine, tcp, daemon_end, on_end, unsent, keep_session)
         entry.daemon_end = None
         entry.bridge = bridge
         bridge.start(plaintext, peer_closed)

@@ -244,7 +244,7 @@ class ControlProtocol(Protocol):
         for waiting in list(self._waiting):
             waiting.cancel()
         for socket_id in self.sockets:
-            self.service.close(socket_id)
+            self.service.close(socket_id, abort=True)  # no CLOSE came: the application died
             if self.workers is not None:
                 self.workers.replay.forget(socket_id)
         self.sockets.clear()
