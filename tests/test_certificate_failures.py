@@ -28,10 +28,11 @@ TLS = client.IPPROTO_TLS
 
 def with_extension(issuer: CertificateAuthority, certified: CertifiedKey, extension: x509.ExtensionType) -> CertifiedKey:
     """
-    C{certified} re-issued by C{issuer} with one more (non-critical)
-    extension, e.g. an L{x509.UnrecognizedExtension} holding garbage
-    under a known OID: a certificate OpenSSL accepts but whose extensions
-    C{cryptography} cannot parse.
+    C{certified} re-issued by C{issuer} with C{extension} (non-critical)
+    instead of any it had under the same OID, e.g. an
+    L{x509.UnrecognizedExtension} holding garbage under a known OID: a
+    certificate OpenSSL accepts but whose extensions C{cryptography}
+    cannot parse.
     """
     cert = certified.cert
     builder = (
@@ -44,7 +45,8 @@ def with_extension(issuer: CertificateAuthority, certified: CertifiedKey, extens
         .not_valid_after(cert.not_valid_after_utc)
     )
     for existing in cert.extensions:
-        builder = builder.add_extension(existing.value, existing.critical)
+        if existing.oid != extension.oid:
+            builder = builder.add_extension(existing.value, existing.critical)
     builder = builder.add_extension(extension, critical=False)
     return CertifiedKey(builder.sign(issuer.key, hashes.SHA256()), certified.key, certified.chain)
 
