@@ -189,7 +189,9 @@ def _check_name_in_handshake(connection: SSL.Connection, name: str) -> bool:
             family = socket.AF_INET6 if ":" in name else socket.AF_INET
             packed = socket.inet_pton(family, name)
             return _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) == 1
-        host = name.rstrip(".").encode("ascii")
+        host = _sni_name(name)
+        if host is None:
+            return False
         return _lib.X509_VERIFY_PARAM_set1_host(param, host, len(host)) == 1
     except (AttributeError, TypeError, ValueError, OSError):
         return False
