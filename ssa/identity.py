@@ -8,12 +8,15 @@ failure is a L{TLSFailure}, never another exception.
 from __future__ import annotations
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtensionOID
 from service_identity import VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
     verify_certificate_ip_address,
 )
 
+from . import der
 from .errors import TLSFailure
 from .options import is_ip_literal
 from .tlsconfig import subject_line
@@ -42,9 +45,72 @@ def check_readable(certificate: x509.Certificate) -> None:
         _ = (certificate.subject, certificate.issuer, certificate.extensions)
         subject_line(certificate)
     except Exception as e:
+        bad = malformed_extensions(certificate)
+        what = str(e)
+        if len(bad) == 1:
+            what = f"its {bad[0]} extension is malformed ({e})"
+        elif bad:
+            what = f"its {', '.join(bad)} extensions are malformed ({e})"
         raise TLSFailure(
-            f"the certificate ({certificate_subject(certificate)}) cannot be parsed: {e}"
+            f"the certificate ({certificate_subject(certificate)}) cannot be parsed: {what}"
         ) from None
+
+
+# The names of the extensions cryptography knows, for reasons.
+_EXTENSION_NAMES = {
+    oid.dotted_string: name.lower().replace("_", " ")
+    for name, oid in vars(ExtensionOID).items()
+    if isinstance(oid, x509.ObjectIdentifier)
+}
+# At most this many extensions are tried one by one (each try parses the
+# whole certificate again).
+_MAX_TRIED = 32
+
+
+def malformed_extensions(certificate: x509.Certificate) -> list[str]:
+    """
+    The names of the extensions of C{certificate} that C{cryptography}
+    cannot parse, each tried alone in a copy of the certificate (its
+    signature unchecked); empty if none alone fails or the DER cannot be
+    taken apart. Never raises.
+    """
+    try:
+        data = certificate.public_bytes(Encoding.DER)
+        _, start, end = der.read(data, 0)
+        tbs, *signature = der.children(data, start, end)
+        _, start, end = der.read(tbs, 0)
+        fields = der.children(tbs, start, end)
+        if not fields or fields[-1][0] != 0xA3:
+            return []
+        _, start, end = der.read(fields[-1], 0)
+        _, start, end = der.read(fields[-1], start)
+        extensions = der.children(fields[-1], start, end)
+    except ValueError:
+        return []
+    bad = []
+    for extension in extensions[:_MAX_TRIED]:
+        alone = der.encode(0xA3, der.encode(0x30, extension))
+        copy = der.encode(0x30, der.encode(0x30, b"".join(fields[:-1]) + alone) + b"".join(signature))
+        try:
+            _ = x509.load_der_x509_certificate(copy).extensions
+        except Exception:
+            bad.append(_extension_name(extension))
+    return bad
+
+
+def _extension_name(extension: bytes) -> str:
+    """
+    The name of the encoded C{extension}'s type, or its dotted OID.
+    """
+    try:
+        _, start, _end = der.read(extension, 0)
+        tag, start, end = der.read(extension, start)
+        if tag != 0x06:
+            return "unnamed"
+        dotted = der.decode_oid(extension[start:end])
+    except ValueError:
+        return "unnamed"
+    return _EXTENSION_NAMES.get(dotted, dotted)
 
 
 def verify_identity(leaf: x509.Certificate | None, name: str) -> None:

@@ -19,9 +19,15 @@ from OpenSSL import crypto
 from ssa.backends.openssl import _VerifyRecord
 from twisted.trial.unittest import SynchronousTestCase
 
+from ssa import der
 from ssa.constants import TLS_1_3
 from ssa.errors import TLSFailure
-from ssa.identity import certificate_subject, check_readable, verify_identity
+from ssa.identity import (
+    certificate_subject,
+    check_readable,
+    malformed_extensions,
+    verify_identity,
+)
 from ssa.testing.certs import CertificateAuthority
 from ssa.tlsconfig import TLSSessionInfo
 from ssa.tlsprotocol import TLSStreamProtocol
@@ -149,6 +155,31 @@ class CertificateFuzzTests(SynchronousTestCase):
         self.assertOnlyTLSFailure(verify_identity, cert, name)
         self.assertOnlyTLSFailure(check_readable, cert)
         self.assertIsInstance(certificate_subject(cert), str)
+        self.assertIsInstance(malformed_extensions(cert), list)
         record = _VerifyRecord(name)
         if not record.accept_leaf(crypto.X509.from_cryptography(cert)):
             self.assertIsInstance(record.refusal, TLSFailure)
+
+    @_FAST
+    @given(data=st.one_of(mutated_der(), st.binary(max_size=64)))
+    def test_der_reader(self, data: bytes) -> None:
+        """
+        The daemon's DER reader, which takes peer certificates apart to
+        name a malformed extension, raises only ValueError.
+        """
+        try:
+            _, start, end = der.read(data, 0)
+            for child in der.children(data, start, end):
+                der.decode_oid(child)
+        except ValueError:
+            pass
+
+    def test_names_each_malformed_extension(self) -> None:
+        """
+        Each extension that cannot be parsed alone is named; a certificate
+        without one names none.
+        """
+        self.assertEqual(malformed_extensions(_LEAF.cert), [])
+        garbage = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x05junk")
+        failure = self.assertRaises(TLSFailure, check_readable, with_extension(_CA, _LEAF, garbage).cert)
+        self.assertIn("subject alternative name extension is malformed", failure.reason)
