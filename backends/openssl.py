@@ -10,8 +10,10 @@ before it is cached). Each engine is one C{OpenSSL.SSL.Connection} without a
 socket: L{OpenSSLEngine} in connect state, L{OpenSSLServerEngine} in accept
 state.
 
-The engines verify the peer's chain against the configured anchors only;
-the daemon core checks the peer's identity (host name) on the leaf.
+The engines verify the peer's chain against the configured anchors; given
+the name to verify, a client engine also checks the leaf's identity with
+the daemon's own check (L{ssa.identity}) inside the handshake, from the
+verify callback, so that a refusal reaches the server as an alert.
 
 Keys and certificates are read with C{cryptography} and handed to pyOpenSSL
 as C{cryptography} objects (pyOpenSSL's own C{X509}/C{PKey} arguments are
@@ -21,14 +23,13 @@ deprecated since 24.3).
 from __future__ import annotations
 
 import hashlib
+import socket
 from typing import Callable
 
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import X509
-from zope.interface import implementer
-
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
@@ -47,9 +48,13 @@ from ssa.backends._tls_common import (
     verification_failed,
     version_range,
 )
+from zope.interface import implementer
+
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
+from ssa.identity import check_readable, verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
+from ssa.options import is_ip_literal
 from ssa.tlsconfig import (
     ClientTLSConfig,
     Credential,
@@ -78,34 +83,118 @@ _OUTGOING_SIZE = 2 * _READ_SIZE
 
 class _VerifyRecord:
     """
-    The first failing certificate check of one connection.
+    What one connection's certificate checks found.
 
-    @ivar failure: e.g. C{"certificate has expired (depth 0, subject
-        /CN=localhost)"}, or L{None} while every check has passed.
+    @ivar failure: the first failing check of OpenSSL's, e.g.
+        C{"certificate has expired (depth 0, subject /CN=localhost)"}, or
+        L{None} while every check has passed.
+    @ivar verify_name: the name the leaf must be valid for (see
+        L{ssa.identity.verify_identity}), or L{None}: the leaf is then only
+        checked to be readable.
+    @ivar refusal: why the daemon's own check of the leaf refused it, or
+        L{None}.
     """
 
-    __slots__ = ("failure",)
+    __slots__ = ("failure", "leaf_checked", "refusal", "verify_name")
 
-    def __init__(self) -> None:
+    def __init__(self, verify_name: str | None = None) -> None:
         self.failure: str | None = None
+        self.verify_name = verify_name
+        self.refusal: TLSFailure | None = None
+        self.leaf_checked = False
+
+    def accept_leaf(self, certificate: X509) -> bool:
+        """
+        The daemon's own check of the leaf, once OpenSSL has verified the
+        chain: inside the handshake, so that OpenSSL sends the peer an
+        alert when it fails.
+        """
+        if not self.leaf_checked:
+            self.leaf_checked = True
+            try:
+                leaf = certificate.to_cryptography()
+                if self.verify_name is None:
+                    check_readable(leaf)
+                else:
+                    verify_identity(leaf, self.verify_name)
+            except TLSFailure as e:
+                self.refusal = e
+            except Exception as e:
+                self.refusal = TLSFailure(f"the peer's certificate cannot be parsed: {e}")
+        return self.refusal is None
 
 
 def _verify_callback(
     connection: SSL.Connection, certificate: X509, code: int, depth: int, ok: int
 ) -> bool:
     """
-    Keep OpenSSL's verdict, remembering the first failure on the connection.
+    Keep OpenSSL's verdict, remembering the first failure on the connection;
+    once the chain is verified, check the leaf (L{_VerifyRecord.accept_leaf}).
+
+    A refusal sends the alert for OpenSSL's own failures (e.g. unknown_ca),
+    certificate_unknown for the daemon's (the callback cannot set a code).
     """
     record = connection.get_app_data()
-    if not ok and isinstance(record, _VerifyRecord) and record.failure is None:
-        try:
-            subject = subject_line(certificate.to_cryptography()) or "(empty)"
-        except Exception:
-            subject = "(unreadable)"
-        record.failure = (
-            f"{verify_error_string(code)} (depth {depth}, subject {subject})"
+    if not isinstance(record, _VerifyRecord):
+        return bool(ok)
+    if not ok:
+        if code in _NAME_MISMATCH_CODES and record.verify_name is not None:
+            # OpenSSL's own name check (_check_name_in_handshake) refused:
+            # the daemon's words name the names the certificate holds.
+            record.leaf_checked = False
+            if record.accept_leaf(certificate):
+                record.refusal = TLSFailure(
+                    f"hostname mismatch: the certificate is not valid for {record.verify_name}"
+                    f" ({verify_error_string(code)})"
+                )
+            return False
+        if record.failure is None:
+            try:
+                subject = subject_line(certificate.to_cryptography()) or "(empty)"
+            except Exception:
+                subject = "(unreadable)"
+            record.failure = (
+                f"{verify_error_string(code)} (depth {depth}, subject {subject})"
+            )
+        return False
+    if depth == 0:
+        return record.accept_leaf(certificate)
+    return True
+
+
+# X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH_CODES = frozenset({62, 64})
+
+
+def _check_name_in_handshake(connection: SSL.Connection, name: str) -> bool:
+    """
+    Have OpenSSL check C{name} against the server's certificate during the
+    handshake, as L{ssa.identity.verify_identity} does (subjectAltName
+    only, no partial wildcards), so that a mismatch gets OpenSSL's alert.
+
+    pyOpenSSL has no public call for this: it sets the connection's own
+    C{X509_VERIFY_PARAM} through pyOpenSSL's bindings (the Context is not
+    touched); without them, the verify callback's check still refuses,
+    with alert internal_error.
+
+    @return: whether OpenSSL will check the name.
+    """
+    try:
+        param = _lib.SSL_get0_param(connection._ssl)
+        _lib.X509_VERIFY_PARAM_set_hostflags(
+            param,
+            _lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | _lib.X509_CHECK_FLAG_NEVER_CHECK_SUBJECT,
         )
-    return bool(ok)
+        if is_ip_literal(name):
+            family = socket.AF_INET6 if ":" in name else socket.AF_INET
+            packed = socket.inet_pton(family, name)
+            return _lib.X509_VERIFY_PARAM_set1_ip(param, packed, len(packed)) == 1
+        host = _sni_name(name)
+        if host is None:
+            return False
+        return _lib.X509_VERIFY_PARAM_set1_host(param, host, len(host)) == 1
+    except (AttributeError, TypeError, ValueError, OSError):
+        return False
 
 
 def _load_anchors(
@@ -330,6 +419,7 @@ class OpenSSLEngine:
         config: AnyTLSConfig,
         server_hostname: str | None = None,
         session: SSL.Session | None = None,
+        verify_name: str | None = None,
     ) -> None:
         """
         @param context: the finished C{Context} for C{config}.
@@ -337,10 +427,13 @@ class OpenSSLEngine:
         @param server_hostname: the name sent as SNI (not for IP literals);
             clients only.
         @param session: a session to offer for resumption; clients only.
+        @param verify_name: the DNS name or IP literal the server's
+            certificate must be valid for, checked inside the handshake;
+            L{None} leaves that check to the caller. Clients only.
         """
         self.peer_closed = False
         self._versions = _version_range(config)
-        self._record = _VerifyRecord()
+        self._record = _VerifyRecord(verify_name)
         self._handshake_done = False
         self._close_sent = False
         self._connection = SSL.Connection(context, None)
@@ -349,6 +442,8 @@ class OpenSSLEngine:
             self._connection.set_accept_state()
             return
         self._connection.set_connect_state()
+        if verify_name is not None and "%" not in verify_name:
+            _check_name_in_handshake(self._connection, verify_name)
         sni = _sni_name(server_hostname)
         if sni is not None:
             self._connection.set_tlsext_host_name(sni)
@@ -365,6 +460,8 @@ class OpenSSLEngine:
         """
         if self._record.failure is not None:
             return verification_failed(self._record.failure, server=self._server)
+        if self._record.refusal is not None:
+            return self._record.refusal
         return TLSFailure(
             describe_ssl_error(error, stage, *self._versions, server=self._server)
         )
@@ -555,12 +652,18 @@ class OpenSSLBackend:
         return self._contexts.get(config)
 
     def client_engine(
-        self, config: ClientTLSConfig, server_hostname: str | None, session: object | None = None
+        self,
+        config: ClientTLSConfig,
+        server_hostname: str | None,
+        session: object | None = None,
+        verify_name: str | None = None,
     ) -> OpenSSLEngine:
         """
         Make a client engine; see L{ITLSBackend.client_engine}.
         """
-        return OpenSSLEngine(self.context_for(config), config, server_hostname, session)
+        return OpenSSLEngine(
+            self.context_for(config), config, server_hostname, session, verify_name  # type: ignore[arg-type]
+        )
 
     def server_engine(self, config: ServerTLSConfig) -> OpenSSLServerEngine:
         """

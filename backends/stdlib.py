@@ -9,8 +9,10 @@ never changed after, and keeps the 256 most recently used. Each
 L{StdlibEngine} is one C{SSLObject}.
 
 As in the OpenSSL backend, the engines verify the peer's chain against the
-configured anchors only; the daemon core checks the peer's identity (host
-name), so client contexts have C{check_hostname} off.
+configured anchors. Given the name to verify, a client engine has OpenSSL
+check it inside the handshake (C{check_hostname}, subjectAltName only), so
+that a mismatch reaches the server as an alert; the daemon core checks the
+name again after the handshake with its own check.
 
 What Python's C{ssl} module cannot do, and what this backend does instead:
 
@@ -43,6 +45,10 @@ What Python's C{ssl} module cannot do, and what this backend does instead:
   - B{No client CA list}: a server that requires client certificates does
     not name its anchors in the CertificateRequest.
   - B{ALPN names must be ASCII} (C{set_alpn_protocols}).
+  - B{No verify callback}: a certificate that OpenSSL accepts but the
+    daemon cannot parse (a malformed extension) is refused only after the
+    handshake, when no alert can be sent any more: the server sees the
+    connection closed without one.
 """
 
 from __future__ import annotations
@@ -56,8 +62,6 @@ import warnings
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from zope.interface import implementer
-
 from ssa.backends._tls_common import (
     SECURITY_LEVEL,
     AnyTLSConfig,
@@ -72,8 +76,11 @@ from ssa.backends._tls_common import (
     verification_failed,
     version_range,
 )
+from zope.interface import implementer
+
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
+from ssa.identity import verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
 from ssa.tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo, subject_line
 
@@ -101,6 +108,9 @@ _READ_SIZE = 256 * 1024
 # The verification errors that can only be about the leaf (depth 0):
 # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE.
 _LEAF_ONLY_CODES = frozenset({18, 21})
+
+# X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
+_NAME_MISMATCH_CODES = frozenset({62, 64})
 
 # "[SSL: TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca (_ssl.c:1006)"
 _MESSAGE = re.compile(r"^(?:\[[^\]]*\]\s*)?(.*?)(?:\s*\(_ssl\.c:\d+\))?$", re.S)
@@ -231,6 +241,33 @@ def build_client_context(config: ClientTLSConfig) -> ssl.SSLContext:
     if config.alpn:
         _set_alpn(context, config.alpn)
     return context
+
+
+def build_checking_client_context(config: ClientTLSConfig) -> ssl.SSLContext:
+    """
+    L{build_client_context}, but OpenSSL also checks the server's name
+    inside the handshake (and so sends it an alert when it does not
+    match), as L{ssa.identity.verify_identity} does: subjectAltName only,
+    never the subject's common name, no partial wildcards.
+    """
+    context = build_client_context(config)
+    context.hostname_checks_common_name = False
+    context.check_hostname = True
+    return context
+
+
+def _checked_name(server_hostname: str | None, verify_name: str | None) -> str | None:
+    """
+    The name to give C{ssl} for both SNI and its host name check:
+    C{verify_name} as SNI sends it (an IP literal, which C{ssl} verifies
+    but does not send), or L{None} when C{ssl} cannot check it (no name,
+    a scoped IPv6 address, or SNI that differs from the name to verify).
+    """
+    if not verify_name or "%" in verify_name:
+        return None
+    if sni_name(server_hostname) != sni_name(verify_name):
+        return None
+    return sni_name(verify_name) or verify_name
 
 
 def _refuse_password() -> bytes:
@@ -410,6 +447,7 @@ class StdlibEngine:
         *,
         server_side: bool = False,
         session: ssl.SSLSession | None = None,
+        verify_name: str | None = None,
     ) -> None:
         """
         @param context: the finished C{SSLContext} for C{config}.
@@ -419,6 +457,10 @@ class StdlibEngine:
             clients only.
         @param server_side: whether this is the server end.
         @param session: a session to offer for resumption; clients only.
+        @param verify_name: the name C{context} (which checks host names)
+            checks the server's certificate against, and the SNI sent
+            unless it is an IP literal (see L{_checked_name}); L{None} if
+            C{context} does not check host names.
         @raise TLSFailure: C{server_hostname} cannot be sent as SNI.
         """
         self.peer_closed = False
@@ -431,7 +473,8 @@ class StdlibEngine:
         self._failure: TLSFailure | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        sni = None if server_side else sni_name(server_hostname)
+        self._verify_name = verify_name
+        sni = None if server_side else verify_name or sni_name(server_hostname)
         if server_side or not isinstance(session, ssl.SSLSession):
             session = None
         try:
@@ -465,6 +508,8 @@ class StdlibEngine:
         A L{TLSFailure} for what C{ssl} raised, in the OpenSSL backend's words.
         """
         if isinstance(error, ssl.SSLCertVerificationError):
+            if error.verify_code in _NAME_MISMATCH_CODES and self._verify_name is not None:
+                return self._mismatch(error)
             message = error.verify_message or raw_reason(error)
             message = _SAME_WORDS.get(message, message)
             where = "depth 0" if error.verify_code in _LEAF_ONLY_CODES else "depth unknown"
@@ -477,6 +522,24 @@ class StdlibEngine:
                 server=self._server,
                 connection_ended=isinstance(error, (ssl.SSLEOFError, ssl.SSLSyscallError)),
             )
+        )
+
+    def _mismatch(self, error: ssl.SSLCertVerificationError) -> TLSFailure:
+        """
+        OpenSSL found that the leaf does not name C{verify_name}: say so in
+        the words of L{verify_identity} (which names the names the
+        certificate holds), from the chain the server sent.
+        """
+        name = self._verify_name
+        try:
+            verify_identity(_certificate(_chain(self._object, "get_unverified_chain")[0]), name)  # type: ignore[index]
+        except TLSFailure as failure:
+            return failure
+        except Exception:
+            pass  # no chain to read: OpenSSL's words only
+        return TLSFailure(
+            f"hostname mismatch: the certificate is not valid for {name}"
+            f" ({error.verify_message or raw_reason(error)})"
         )
 
     def _check_depth(self) -> None:
@@ -659,6 +722,9 @@ class StdlibBackend:
         self._contexts: ContextCache[ssl.SSLContext] = ContextCache(
             cache_size, build_client_context, build_server_context
         )
+        self._checking: ContextCache[ssl.SSLContext] = ContextCache(
+            cache_size, build_checking_client_context, build_server_context
+        )
 
     def context_for(self, config: AnyTLSConfig) -> ssl.SSLContext:
         """
@@ -670,12 +736,24 @@ class StdlibBackend:
         return self._contexts.get(config)
 
     def client_engine(
-        self, config: ClientTLSConfig, server_hostname: str | None, session: object | None = None
+        self,
+        config: ClientTLSConfig,
+        server_hostname: str | None,
+        session: object | None = None,
+        verify_name: str | None = None,
     ) -> StdlibEngine:
         """
-        Make a client engine; see L{ITLSBackend.client_engine}.
+        Make a client engine; see L{ITLSBackend.client_engine}. With
+        C{verify_name}, OpenSSL checks it inside the handshake, from a
+        second context per configuration (C{check_hostname} is a context's
+        setting), when C{ssl} can (L{_checked_name}).
         """
-        return StdlibEngine(self.context_for(config), config, server_hostname, session=session)
+        name = _checked_name(server_hostname, verify_name)
+        if name is None:
+            return StdlibEngine(self.context_for(config), config, server_hostname, session=session)  # type: ignore[arg-type]
+        return StdlibEngine(
+            self._checking.get(config), config, server_hostname, session=session, verify_name=name  # type: ignore[arg-type]
+        )
 
     def server_engine(self, config: ServerTLSConfig) -> StdlibEngine:
         """

@@ -111,14 +111,13 @@ class ConnectAttempt(ClientFactory):
         """
         plan = self._plan
         try:
-            # Without a session, call as before the session keyword existed,
-            # so that older third-party backends keep working.
-            if self._session is None:
-                engine = self._backend.client_engine(plan.config, plan.server_hostname)
-            else:
-                engine = self._backend.client_engine(
-                    plan.config, plan.server_hostname, session=self._session
-                )
+            # The name to verify goes to the engine so that it can refuse a
+            # mismatch inside the handshake, with an alert; the identity is
+            # checked again after it (_check_session) whatever the backend.
+            extra: dict[str, object] = {"verify_name": plan.verify_name}
+            if self._session is not None:
+                extra["session"] = self._session
+            engine = self._backend.client_engine(plan.config, plan.server_hostname, **extra)
         except Exception:
             log.failure("the {backend} backend could not make a client engine",
                         backend=self._backend.name)

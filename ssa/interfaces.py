@@ -94,7 +94,10 @@ class ITLSBackend(Interface):
     description = Attribute("One line for people.")
 
     def client_engine(
-        config: object, server_hostname: str | None, session: object | None = None
+        config: object,
+        server_hostname: str | None,
+        session: object | None = None,
+        verify_name: str | None = None,
     ) -> ITLSEngine:
         """
         Make a client engine.
@@ -105,6 +108,11 @@ class ITLSBackend(Interface):
         @param session: a session from L{ITLSEngine.session} of an earlier
             engine of this backend, to offer for resumption, or L{None}. A
             session the library cannot use is ignored (full handshake).
+        @param verify_name: the DNS name or IP literal the server's
+            certificate must be valid for, or L{None}. A backend that can
+            checks it inside the handshake (see L{ssa.identity}), so that a
+            refusal reaches the server as an alert; the daemon checks it
+            again after the handshake either way.
         """
 
     def server_engine(config: object) -> ITLSEngine:

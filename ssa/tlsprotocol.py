@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .errors import TLSFailure, TLSTruncated
+from .identity import check_readable
 from .interfaces import ITLSEngine, ITLSStreamListener
 from .tlsconfig import TLSSessionInfo
 
@@ -76,6 +77,8 @@ class TLSStreamProtocol(Protocol):
         self._receive(data)
 
     def _receive(self, data: bytes) -> None:
+        if self._failure is not None:
+            return  # refused: what still arrives is not read
         engine = self.engine
         try:
             if data:
@@ -85,16 +88,14 @@ class TLSStreamProtocol(Protocol):
                 self._flush()
                 if not done:
                     return
-                info = engine.session_info()
-                self._check_session(info)
+                info = self._checked_session()
                 self.handshake_done = True
                 self.listener.tls_handshake_completed(info)
                 if self._detached:
                     return
             plaintext = engine.read()
         except TLSFailure as failure:
-            self._flush()
-            self.fail(failure)
+            self._refuse(failure)
             return
         self._flush()
         if plaintext:
@@ -102,6 +103,44 @@ class TLSStreamProtocol(Protocol):
         if engine.peer_closed and not self._peer_closed_reported:
             self._peer_closed_reported = True
             self.listener.tls_peer_closed()
+
+    def _checked_session(self) -> TLSSessionInfo:
+        """
+        The finished handshake's info, once the peer's leaf certificate
+        can be parsed and C{check_session} accepts it.
+
+        @raise TLSFailure: it cannot or does not; whatever the certificate
+            holds, nothing else is raised.
+        """
+        try:
+            info = self.engine.session_info()
+            if info.peer_certificate is not None:
+                check_readable(info.peer_certificate)
+            self._check_session(info)
+        except TLSFailure:
+            raise
+        except Exception as e:
+            raise TLSFailure(f"the peer's certificate cannot be parsed: {e}") from e
+        return info
+
+    def _refuse(self, failure: TLSFailure) -> None:
+        """
+        End the connection because of C{failure}: send what the engine
+        queued (the alert telling the peer why, e.g. unknown_ca), then
+        close TCP after it; during the handshake the owner's timeout
+        bounds the wait (L{fail} aborts). Established connections are
+        aborted at once, as before.
+        """
+        try:
+            self._flush()
+        except Exception:
+            pass
+        if self.handshake_done or self._failure is not None:
+            self.fail(failure)
+            return
+        self._failure = failure
+        self._write_closed = True
+        self.transport.loseConnection()
 
     def _flush(self) -> None:
         out = self.engine.outgoing()

@@ -152,7 +152,7 @@ def run_client(
     """
     server_hostname = None if is_ip_literal(hostname) else hostname
     try:
-        engine = backend.client_engine(config, server_hostname)
+        engine = backend.client_engine(config, server_hostname, verify_name=hostname)
     except TLSFailure as e:
         return f"fail: {e.args[0] if e.args else e}"
     deadline = time.monotonic() + TIMEOUT

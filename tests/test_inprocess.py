@@ -42,7 +42,7 @@ class BrokenBackend:
     name = "broken"
     description = "raises on every connection"
 
-    def client_engine(self, config, server_hostname):
+    def client_engine(self, config, server_hostname, **options):
         """
         Fail.
         """

@@ -25,6 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ssa.der import children as _children
+from ssa.der import encode as _encode
+from ssa.der import read as _read
+
 __all__ = [
     "KeyType",
     "TimeSpec",
@@ -81,37 +85,6 @@ _ECDSA_WITH_SHA1 = bytes.fromhex("300906072a8648ce3d0401")
 
 class UnsupportedSignature(ValueError):
     """The requested signature algorithm cannot be produced for this key."""
-
-
-def _read(data: bytes, offset: int) -> tuple[int, int, int]:
-    """Return C{(tag, content_start, content_end)} of the TLV at C{offset}."""
-    tag = data[offset]
-    length = data[offset + 1]
-    start = offset + 2
-    if length & 0x80:
-        count = length & 0x7F
-        length = int.from_bytes(data[start:start + count], "big")
-        start += count
-    return tag, start, start + length
-
-
-def _encode(tag: int, content: bytes) -> bytes:
-    """Encode one DER TLV."""
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _children(data: bytes, start: int, end: int) -> list[bytes]:
-    """Split the content of a constructed value into its encoded children."""
-    out = []
-    while start < end:
-        _, _, child_end = _read(data, start)
-        out.append(data[start:child_end])
-        start = child_end
-    return out
 
 
 def resign_with_sha1(
