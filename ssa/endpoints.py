@@ -10,7 +10,7 @@ The reactor drives the long waits: a nonblocking connect is done when the
 plaintext descriptor turns writable, and a listener's descriptor is
 readable while a connection waits for C{accept} (docs/protocol.md). Only
 the short control round trips to the daemon (C{socket}, options, C{accept},
-C{SO_ERROR}) run in the reactor's thread pool. The plaintext descriptor is
+C{SO_ERROR}) run in a small thread pool of this module. The plaintext descriptor is
 a real socket, adopted with C{adoptStreamConnection}; its L{SSASocket}
 stays open until the connection is lost.
 """
@@ -39,6 +39,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ssa import client
@@ -52,8 +53,27 @@ _log = Logger()
 PathLike = str | bytes | os.PathLike[str]
 
 
+#: Threads for the control round trips, apart from the reactor's pool so
+#: that an application's long jobs there never hold up a connect or an
+#: accept.
+POOL_SIZE = 8
+_pool: ThreadPool | None = None
+
+
 def _in_thread(reactor: Any, function: Callable[..., _T], *args: Any) -> Deferred[_T]:
-    return deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
+    global _pool
+    if _pool is None:
+        _pool = ThreadPool(0, POOL_SIZE, "ssa-endpoints")
+        _pool.start()
+        reactor.addSystemEventTrigger("during", "shutdown", _stop_pool)
+    return deferToThreadPool(reactor, _pool, function, *args)
+
+
+def _stop_pool() -> None:
+    global _pool
+    pool, _pool = _pool, None
+    if pool is not None:
+        pool.stop()
 
 
 def _tcp_address(sockaddr: tuple[Any, ...]) -> _address.IPv4Address | _address.IPv6Address:
@@ -71,12 +91,13 @@ class _Wrapper(ProtocolWrapper):
     def __init__(self, factory: _SocketFactory, wrapped: IProtocol) -> None:
         super().__init__(factory, wrapped)
         self.ssa_socket = factory.ssa_socket
+        self._peer = factory.peer
 
     def getPeer(self) -> Any:
         """
         The TLS peer's address (not the local socketpair's).
         """
-        return _tcp_address(self.ssa_socket.getpeername())
+        return self._peer
 
     def connectionLost(self, reason: Failure) -> None:
         try:
@@ -106,10 +127,11 @@ class _SocketFactory(WrappingFactory):
     def __init__(self, wrapped: IProtocolFactory, sock: SSASocket) -> None:
         super().__init__(wrapped)
         self.ssa_socket = sock
+        self.peer = _tcp_address(sock.getpeername())
         self.built: _Wrapper | None = None
 
     def buildProtocol(self, addr: Any) -> _Wrapper | None:
-        inner = self.wrappedFactory.buildProtocol(_tcp_address(self.ssa_socket.getpeername()))
+        inner = self.wrappedFactory.buildProtocol(self.peer)
         if inner is None:
             return None
         kind = _HalfCloseWrapper if IHalfCloseableProtocol.providedBy(inner) else _Wrapper
@@ -173,9 +195,11 @@ class _Readiness:
     doRead = doWrite
 
     def connectionLost(self, reason: Failure) -> None:
+        # A failed connect hangs the descriptor up: done all the same (the
+        # outcome is SO_ERROR's).
         self._stop()
         if not self.ready.called:
-            self.ready.errback(reason)
+            self.ready.callback(None)
 
 
 @implementer(IStreamClientEndpoint)
@@ -232,8 +256,8 @@ class SSAClientEndpoint:
 class SSAListeningPort:
     """
     An SSA listener, accepting in the reactor: readable means a handshaken
-    connection waits; the accept itself (a control round trip) runs in the
-    reactor's thread pool, one at a time.
+    connection waits; the accept itself (a control round trip) runs in a
+    thread, one at a time.
     """
 
     def __init__(self, reactor: Any, listener: SSASocket, factory: IProtocolFactory) -> None:

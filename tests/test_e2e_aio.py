@@ -14,7 +14,12 @@ import time
 
 from ssa import aio, client
 from ssa.testing.certs import CertificateAuthority
-from ssa.testing.peers import StdlibTLSServer, echo_handler, free_port, pseudo_random_bytes
+from ssa.testing.peers import (
+    StdlibTLSServer,
+    echo_handler,
+    free_port,
+    pseudo_random_bytes,
+)
 from ssa.testing.tls_connection import TLSPeerConnection
 
 from .helpers import DaemonTestCase, digest
@@ -138,10 +143,12 @@ class CreateConnectionTests(DaemonTestCase):
         result: list[bytes] = []
 
         def talk() -> None:
-            with socket.create_connection(("127.0.0.1", port), timeout=30) as raw:
-                with tls_client_context(self.ca).wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.sendall(b"ping")
-                    result.append(tls.recv(10))
+            tls = TLSPeerConnection.client(("127.0.0.1", port), tls_client_context(self.ca), "localhost", 30)
+            try:
+                tls.sendall(b"ping")
+                result.append(tls.recv(10))
+            finally:
+                tls.close()
 
         thread = threading.Thread(target=talk)
         thread.start()
