@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Self
 
 from ssa import aio, client
 from ssa.testing.certs import CertificateAuthority
@@ -52,7 +53,7 @@ class GatedTLSServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._workers: list[threading.Thread] = []
 
-    def __enter__(self) -> GatedTLSServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
