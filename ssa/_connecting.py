@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -47,6 +48,52 @@ def connect_outcome(sock: SSASocket) -> None:
         raise
 
 
+#: Errnos of a failed C{accept} after which the listener is of no more use:
+#: the daemon is gone (its control socket missing, refusing or lost) or
+#: the listener is no more.
+LISTENER_GONE = frozenset(
+    {errno.ENOENT, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EBADF, errno.EINVAL, errno.EPIPE}
+)
+#: Seconds to wait before accepting again after another failure (e.g.
+#: EMFILE), so that a failing accept never spins.
+ACCEPT_BACKOFF = 0.1
+
+
+class Handover:
+    """
+    Hands a socket made in a thread to a waiter on the loop that may have
+    given up meanwhile (cancelled): then the socket is closed, never lost.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._sock: SSASocket | None = None
+
+    def run(self, make: Callable[..., SSASocket], *args: Any) -> SSASocket:
+        """
+        In the thread: C{make(*args)}, kept for the waiter.
+        """
+        sock = make(*args)
+        with self._lock:
+            if not self._given_up:
+                self._sock = sock
+                return sock
+        sock.close()
+        raise OSError(errno.ECANCELED, "nobody waits for this SSA socket any more")
+
+    def give_up(self) -> None:
+        """
+        On the loop, when the waiter stops waiting: close the socket if it
+        was made already, or as soon as it is.
+        """
+        with self._lock:
+            self._given_up = True
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
 async def connect_first(
     host: str,
     port: int,
@@ -68,7 +115,12 @@ async def connect_first(
     addresses = await blocking(client.resolve, host, port)
     errors: list[OSError] = []
     for family, ip in addresses:
-        sock = await blocking(start_connect, family, ip, port, options)
+        handover = Handover()
+        try:
+            sock = await blocking(handover.run, start_connect, family, ip, port, options)
+        except BaseException:
+            handover.give_up()
+            raise
         try:
             await writable(sock.fileno())
             await blocking(connect_outcome, sock)

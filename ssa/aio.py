@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ssa import client
-from ssa._connecting import connect_first
+from ssa._connecting import ACCEPT_BACKOFF, LISTENER_GONE, Handover, connect_first
 from ssa.client import SSASocket
 
 __all__ = ["SSAServer", "connect", "open_connection", "start_server"]
@@ -267,16 +267,22 @@ class SSAServer(asyncio.AbstractServer):
     async def _accept_loop(self) -> None:
         while True:
             await _ready(self.listener.fileno(), writable=False)
+            handover = Handover()
             try:
-                accepted, _ = await _off_loop(self.listener.accept)
+                accepted = await _off_loop(handover.run, lambda: self.listener.accept()[0])
             except BlockingIOError:
                 continue  # another accepter took it
-            except OSError as e:
+            except BaseException as e:
+                handover.give_up()
+                if not isinstance(e, Exception):
+                    raise
                 if self._closed.is_set():
                     return
-                self._loop.call_exception_handler(
-                    {"message": "SSA accept failed", "exception": e, "server": self}
-                )
+                self._loop.call_exception_handler({"message": "SSA accept failed", "exception": e, "server": self})
+                if isinstance(e, OSError) and e.errno in LISTENER_GONE:
+                    self.close()
+                    return
+                await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
             task = self._loop.create_task(_serve(accepted, self._limit, self._callback))
             self._tasks.add(task)

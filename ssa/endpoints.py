@@ -43,7 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ssa import client
-from ssa._connecting import connect_first
+from ssa._connecting import ACCEPT_BACKOFF, LISTENER_GONE, connect_first
 from ssa.client import SSASocket
 
 __all__ = ["ClientParser", "SSAClientEndpoint", "SSAServerEndpoint", "ServerParser"]
@@ -327,9 +327,14 @@ class SSAListeningPort:
             _log.failure("adopting an accepted SSA connection")
 
     def _failed(self, failure: Failure) -> None:
-        self._resume()
-        if self._listening:
-            _log.failure("SSA accept failed", failure)
+        self._accepting = False
+        if not self._listening:
+            return
+        _log.failure("SSA accept failed", failure)
+        if failure.check(OSError) and failure.value.errno in LISTENER_GONE:
+            self.stopListening()
+        else:
+            self._reactor.callLater(ACCEPT_BACKOFF, self._resume)
 
     def _resume(self) -> None:
         self._accepting = False

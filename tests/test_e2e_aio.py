@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import Self
 
-from ssa import aio, client
+from ssa import _channels, aio, client
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.peers import (
     StdlibTLSServer,
@@ -52,24 +54,28 @@ class GatedTLSServer:
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._workers: list[threading.Thread] = []
+        self._waiting: list[socket.socket] = []
 
     def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
         self._listener.close()
         self._thread.join(30)
         for worker in self._workers:
             worker.join(30)
 
     def _run(self) -> None:
-        waiting = []
+        waiting = self._waiting
         while len(waiting) < self._gate:
             try:
                 raw, _ = self._listener.accept()
             except OSError:
-                break
+                for raw in waiting:  # the gate never opened
+                    raw.close()
+                return
             waiting.append(raw)
         for raw in waiting:
             worker = threading.Thread(target=self._echo, args=(raw,), daemon=True)
@@ -331,3 +337,92 @@ class AsyncioTests(DaemonTestCase):
             replies, {i: b"localhost:" + digest(pseudo_random_bytes(10000, seed=i)).encode() for i in range(50)}
         )
         self.assertRaises(OSError, socket.create_connection, ("127.0.0.1", port), 5)
+
+
+def own_descriptors() -> int:
+    """
+    How many descriptors this process has open.
+    """
+    return len(os.listdir("/proc/self/fd"))
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
+    """
+    Poll C{condition} until it holds or C{timeout} passes (for effects in
+    another process, which sends no notice).
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class AsyncioBreakageTests(DaemonTestCase):
+    """
+    C{ssa.aio} when things go wrong: cancelled connects, a killed daemon.
+    """
+
+    def test_cancelled_connects_leave_nothing_behind(self) -> None:
+        """
+        20 connects cancelled while their handshakes are held by the
+        server: every SSA socket is closed, here and in the daemon.
+        """
+        files = self.server_key.write(self.tmp, "server")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(files.cert, files.key)
+        _channels.close_idle(self.daemon.socket_path)
+        daemon_before, own_before = self.daemon.descriptor_count(), own_descriptors()
+
+        async def main(port: int) -> None:
+            tasks = [
+                asyncio.create_task(aio.open_connection("localhost", port, cafile=self.ca.cert_pem(),
+                                                        path=self.daemon.socket_path))
+                for _ in range(20)
+            ]
+            await asyncio.sleep(0.3)  # not synchronisation: cancel at whatever step each has reached
+            for task in tasks:
+                task.cancel()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                self.assertIsInstance(result, asyncio.CancelledError)
+
+        with GatedTLSServer(context, gate=1000) as server:
+            asyncio.run(main(server.port))
+        _channels.close_idle(self.daemon.socket_path)
+        self.assertEqual(own_descriptors(), own_before)
+        self.assertTrue(wait_for(lambda: self.daemon.descriptor_count() <= daemon_before),
+                        f"{self.daemon.descriptor_count()} descriptors in the daemon, {daemon_before} before")
+
+    def test_killed_daemon(self) -> None:
+        """
+        The daemon killed under a serving C{start_server}: the server stops
+        (no spinning on a dead listener); a new connect fails naming the
+        daemon.
+        """
+        files = self.server_key.write(self.tmp, "server")
+        errors: list[dict] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        async def main() -> OSError:
+            asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+            server = await aio.start_server(
+                handle, "127.0.0.1", 0, certfile=files.cert, keyfile=files.key, path=self.daemon.socket_path
+            )
+            self.daemon.process.kill()
+            await asyncio.to_thread(self.daemon.process.wait)
+            await asyncio.wait_for(server.wait_closed(), 20)
+            self.assertFalse(server.is_serving())
+            try:
+                await aio.open_connection("localhost", 443, path=self.daemon.socket_path)
+            except OSError as e:
+                return e
+            raise AssertionError("connected without a daemon")
+
+        failure = asyncio.run(main())
+        self.assertIn("SSA daemon", str(failure))
+        self.assertIn(self.daemon.socket_path, str(failure))
+        self.assertLessEqual(len(errors), 1, errors)

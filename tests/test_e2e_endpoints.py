@@ -14,14 +14,21 @@ import time
 import urllib.request
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from ssa import _channels
 from ssa.endpoints import SSAClientEndpoint, SSAServerEndpoint
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.daemon import SOURCE_ROOT
@@ -34,6 +41,7 @@ from ssa.testing.peers import (
 from ssa.testing.tls_connection import TLSPeerConnection
 
 from .helpers import DaemonTestCase, digest
+from .test_e2e_aio import GatedTLSServer, wait_for
 
 
 @implementer(IHalfCloseableProtocol)
@@ -224,3 +232,43 @@ class EndpointTests(DaemonTestCase, TestCase):
                         self.fail(f"twist web did not serve: {f.read().decode(errors='replace')}")
                 time.sleep(0.1)
         self.assertEqual(body, page)
+
+    @inlineCallbacks
+    def test_cancelled_connects_leave_nothing_behind(self):
+        """
+        10 connects cancelled while their handshakes are held by the server
+        (it never answers): every SSA socket is closed, in the daemon too.
+        """
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.files.cert, self.files.key)
+        _channels.close_idle(self.daemon.socket_path)
+        before = self.daemon.descriptor_count()
+        with GatedTLSServer(context, gate=1000) as server:
+            endpoint = clientFromString(reactor, self.client_string(server.port))
+            attempts = [endpoint.connect(Factory.forProtocol(Protocol)) for _ in range(10)]
+            yield deferLater(reactor, 0.3)  # not synchronisation: cancel wherever each has got to
+            for attempt in attempts:
+                attempt.cancel()
+            for attempt in attempts:
+                yield self.assertFailure(attempt, CancelledError)
+        yield deferToThread(_channels.close_idle, self.daemon.socket_path)
+        settled = yield deferToThread(wait_for, lambda: self.daemon.descriptor_count() <= before)
+        self.assertTrue(settled, f"{self.daemon.descriptor_count()} descriptors in the daemon, {before} before")
+
+    @inlineCallbacks
+    def test_killed_daemon_stops_the_port(self):
+        """
+        The daemon killed under a listening port: the port stops listening
+        (logging why) instead of spinning on a dead listener.
+        """
+        description = (
+            f"ssa:0:interface=127.0.0.1:certKey={self.files.cert}:privateKey={self.files.key}"
+            f":socket={self.daemon.socket_path}"
+        )
+        port = yield serverFromString(reactor, description).listen(Factory.forProtocol(Protocol))
+        self.addCleanup(port.stopListening)
+        self.daemon.process.kill()
+        yield deferToThread(self.daemon.process.wait)
+        stopped = yield deferToThread(wait_for, lambda: port.fileno() == -1)
+        self.assertTrue(stopped)
+        self.flushLoggedErrors(OSError)
