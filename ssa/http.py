@@ -13,7 +13,8 @@ C{cafile} sets the trust anchors. Failures come as C{requests}' own
 exceptions: a failed handshake or verification as
 C{requests.exceptions.SSLError}, an unreachable host or daemon as
 C{requests.exceptions.ConnectionError}, whose message names the daemon's
-control socket.
+control socket. Proxies are refused (C{ProxyError}): their TLS would not be
+the daemon's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import socket
 from typing import Any, ClassVar
 
 from requests.adapters import HTTPAdapter
+from requests.exceptions import ProxyError
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, SSLError
@@ -118,6 +120,17 @@ class SSAAdapter(HTTPAdapter):
         """
         self._ssa_options = {"cafile": cafile, "alpn": alpn, "path": path}
         super().__init__(**kwargs)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """
+        Refuse: a proxy's TLS would be C{requests}' own, not the daemon's.
+
+        @raise requests.exceptions.ProxyError: always, naming the proxy.
+        """
+        raise ProxyError(
+            f"SSAAdapter does not go through proxies ({proxy}): the TLS would not be the SSA daemon's; "
+            "remove the proxy (HTTPS_PROXY, or session.trust_env = False)"
+        )
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         """

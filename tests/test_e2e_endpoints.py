@@ -181,6 +181,38 @@ class EndpointTests(DaemonTestCase, TestCase):
         yield port.stopListening()
         yield self.assertFailure(deferToThread(talk, 99), OSError)
 
+    @inlineCallbacks
+    def test_server_endpoint_requires_client_certificates(self):
+        """
+        C{requireClientCertificate=yes} with C{cafile}: a client without a
+        certificate never reaches the protocol; one with a certificate
+        from the CA does.
+        """
+        description = (
+            f"ssa:0:interface=127.0.0.1:certKey={self.files.cert}:privateKey={self.files.key}"
+            f":requireClientCertificate=yes:cafile={self.ca_file}:socket={self.daemon.socket_path}"
+        )
+        port = yield serverFromString(reactor, description).listen(Factory.forProtocol(DigestEcho))
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+        anonymous = ssl.create_default_context(cafile=str(self.ca_file))
+        known = ssl.create_default_context(cafile=str(self.ca_file))
+        client_files = self.ca.issue_client("app").write(self.tmp, "client")
+        known.load_cert_chain(client_files.cert, client_files.key)
+
+        def talk(context: ssl.SSLContext) -> bytes:
+            tls = TLSPeerConnection.client(address, context, "localhost", timeout=30)
+            try:
+                tls.sendall(b"hello")
+                tls.send_close_notify()
+                return tls.recv_until_eof()
+            finally:
+                tls.close()
+
+        yield self.assertFailure(deferToThread(talk, anonymous), OSError)
+        reply = yield deferToThread(talk, known)
+        self.assertEqual(reply, b"TCP 127.0.0.1 " + digest(b"hello").encode())
+
     def test_bad_strings(self) -> None:
         """
         Missing parts and unknown options are refused when parsing.

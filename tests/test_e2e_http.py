@@ -127,3 +127,15 @@ class RequestsTests(DaemonTestCase):
         failure = self.assertRaises(requests.exceptions.ConnectionError, session.get, "https://localhost:1/")
         self.assertIn("SSA daemon", str(failure))
         self.assertIn(missing, str(failure))
+
+    def test_proxies_are_refused(self) -> None:
+        """
+        A proxy would take TLS away from the daemon: refused, saying so,
+        and nothing reaches the proxy.
+        """
+        server = self.server(self.server_key)
+        session = self.session(cafile=self.ca.cert_pem())
+        session.proxies = {"https": f"http://127.0.0.1:{server.port}"}
+        failure = self.assertRaises(requests.exceptions.ProxyError, session.get, "https://localhost:1/")
+        self.assertIn("SSA", str(failure))
+        self.assertEqual(server.clients, [])
