@@ -23,12 +23,13 @@ from twisted.internet.defer import (
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from ssa import _channels
+from ssa.client import SSASocket
 from ssa.endpoints import SSAClientEndpoint, SSAServerEndpoint
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.daemon import SOURCE_ROOT
@@ -41,7 +42,7 @@ from ssa.testing.peers import (
 from ssa.testing.tls_connection import TLSPeerConnection
 
 from .helpers import DaemonTestCase, digest
-from .test_e2e_aio import GatedTLSServer, wait_for
+from .test_e2e_aio import MAX_LOOP_STALL, GatedTLSServer, wait_for
 
 
 @implementer(IHalfCloseableProtocol)
@@ -130,6 +131,40 @@ class EndpointTests(DaemonTestCase, TestCase):
             self.assertEqual(digest(echoed), digest(protocol.data))
         peer = protocols[0].transport.getPeer()
         self.assertEqual((peer.type, peer.port), ("TCP", server.port))
+        self.assertIsInstance(protocols[0].transport.ssa_socket, SSASocket)
+
+    @inlineCallbacks
+    def test_reactor_never_stalls_during_20_connects(self):
+        """
+        20 connects in flight together (the server holds every handshake
+        until all 20 have reached it) never stall the reactor for more
+        than L{MAX_LOOP_STALL}, measured by a 1 ms looping call.
+        """
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.files.cert, self.files.key)
+        lags: list[float] = []
+        last = [reactor.seconds()]
+
+        def probe() -> None:
+            now = reactor.seconds()
+            lags.append(now - last[0] - 0.001)
+            last[0] = now
+
+        with GatedTLSServer(context, gate=20) as server:
+            endpoint = clientFromString(reactor, self.client_string(server.port))
+            ticker = LoopingCall(probe)
+            ticker.clock = reactor
+            ticker.start(0.001, now=True)
+            try:
+                protocols = [SendAndCollect(b"n%d" % i) for i in range(20)]
+                connects = [endpoint.connect(Factory.forProtocol(lambda p=p: p)) for p in protocols]
+                yield gatherResults(connects)
+                echoes = yield gatherResults([p.done for p in protocols])
+            finally:
+                ticker.stop()
+        self.assertEqual(echoes, [b"n%d" % i for i in range(20)])
+        print(f"\n20 concurrent Twisted connects: {len(lags)} probes, worst reactor stall {max(lags) * 1000:.1f} ms")
+        self.assertLess(max(lags), MAX_LOOP_STALL)
 
     @inlineCallbacks
     def test_client_endpoint_verification_failure(self):
