@@ -248,6 +248,38 @@ class EndpointTests(DaemonTestCase, TestCase):
         reply = yield deferToThread(talk, known)
         self.assertEqual(reply, b"TCP 127.0.0.1 " + digest(b"hello").encode())
 
+    @inlineCallbacks
+    def test_big_reply_then_immediate_close(self):
+        """
+        A protocol writes 4 MiB and calls C{loseConnection} at once: the
+        client gets every byte and then a clean end.
+        """
+        payload = pseudo_random_bytes(4 << 20, seed="big")
+
+        class Blurt(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(payload)
+                self.transport.loseConnection()
+
+        description = (
+            f"ssa:0:interface=127.0.0.1:certKey={self.files.cert}:privateKey={self.files.key}"
+            f":socket={self.daemon.socket_path}"
+        )
+        port = yield serverFromString(reactor, description).listen(Factory.forProtocol(Blurt))
+        self.addCleanup(port.stopListening)
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+
+        def fetch() -> bytes:
+            tls = TLSPeerConnection.client(("127.0.0.1", port.getHost().port), context, "localhost", timeout=60)
+            try:
+                return tls.recv_until_eof()
+            finally:
+                tls.close()
+
+        received = yield gatherResults([deferToThread(fetch) for _ in range(3)])
+        for data in received:
+            self.assertEqual(digest(data), digest(payload))
+
     def test_bad_strings(self) -> None:
         """
         Missing parts and unknown options are refused when parsing.
