@@ -84,9 +84,6 @@ STRING_OPTIONS = frozenset(
 __all__ = [
     "socket",
     "SSASocket",
-    "create_connection",
-    "create_server",
-    "tls_socket",
     "STRING_OPTIONS",
     "AF_INET",
     "AF_INET6",
@@ -661,6 +658,8 @@ def _is_ip_literal(host: str) -> bool:
 
 
 # socket.create_connection and socket.create_server, through the daemon
+
+__all__ += ["create_connection", "create_server", "tls_socket"]
 
 #: Errnos after which L{create_connection} tries the host's next address:
 #: the address could not be reached. A TLS failure (C{EPROTO}) is the
