@@ -29,7 +29,7 @@ from ssa.testing.tls_connection import TLSPeerConnection
 from .helpers import DaemonTestCase, digest
 
 #: How long the event loop may go without running, at most, while 20
-#: connects are in flight. Measured: 6-9 ms for asyncio, 8-18 ms for the
+#: connects are in flight. Measured: 6-12 ms for asyncio, 8-25 ms for the
 #: reactor, on a 2-core machine running the whole suite; the bound leaves
 #: room for a busier one. A connect blocking the loop would never finish
 #: at all: L{GatedTLSServer} holds every handshake until all 20 arrive.
