@@ -45,6 +45,12 @@ from ssa.constants import (
     TLS_TRUSTED_CIPHERS,
     version_name,
 )
+from ssa.constants import (  # for create_connection / create_server
+    TLS_CERTIFICATE_CHAIN,
+    TLS_PRIVATE_KEY,
+    TLS_REQUEST_PEER_AUTH,
+    TLS_TRUSTED_PEER_CERTIFICATES,
+)
 from ssa.constants import __all__ as _constants_all
 from ssa.paths import client_socket_path
 from socket import (  # noqa: F401  (re-exported for callers' convenience)
@@ -651,3 +657,163 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# socket.create_connection and socket.create_server, through the daemon
+
+__all__ += ["create_connection", "create_server", "tls_socket"]
+
+#: Errnos after which L{create_connection} tries the host's next address:
+#: the address could not be reached. A TLS failure (C{EPROTO}) is the
+#: host's, not the address's, and is raised at once.
+RETRY_ERRNOS = frozenset(
+    {_errno.ECONNABORTED, _errno.ECONNREFUSED, _errno.ETIMEDOUT, _errno.ENETUNREACH, _errno.EHOSTUNREACH}
+)
+
+
+def tls_socket(
+    family: int = AF_INET,
+    *,
+    hostname: str | None = None,
+    cafile: str | bytes | os.PathLike[str] | None = None,
+    alpn: str | None = None,
+    certfile: str | bytes | os.PathLike[str] | None = None,
+    keyfile: str | bytes | os.PathLike[str] | None = None,
+    require_client_certificate: bool = False,
+    nonblocking: bool = False,
+    path: str | os.PathLike[str] | None = None,
+) -> SSASocket:
+    """
+    A new SSA socket with the common options set: C{TLS_HOSTNAME},
+    C{TLS_TRUSTED_PEER_CERTIFICATES} (C{cafile}: a path or inline PEM),
+    C{TLS_ALPN} (a comma list), C{TLS_CERTIFICATE_CHAIN} and
+    C{TLS_PRIVATE_KEY}, C{TLS_REQUEST_PEER_AUTH}. It is closed again if
+    one of them is refused.
+    """
+    sock = socket(family, SOCK_STREAM | (SOCK_NONBLOCK if nonblocking else 0), path=path)
+    try:
+        options = [
+            (TLS_HOSTNAME, hostname),
+            (TLS_TRUSTED_PEER_CERTIFICATES, cafile),
+            (TLS_ALPN, alpn),
+            (TLS_CERTIFICATE_CHAIN, certfile),
+            (TLS_PRIVATE_KEY, keyfile),
+            (TLS_REQUEST_PEER_AUTH, 1 if require_client_certificate else None),
+        ]
+        for name, value in options:
+            if value is not None:
+                sock.setsockopt(IPPROTO_TLS, name, value)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def resolve(host: str, port: int) -> list[tuple[int, str]]:
+    """
+    C{(family, IP literal)} of each IPv4 and IPv6 address of C{host}, in
+    C{getaddrinfo}'s order (an IP literal gives itself).
+    """
+    seen: list[tuple[int, str]] = []
+    for family, _type, _proto, _name, sockaddr in _socket.getaddrinfo(host, port, 0, SOCK_STREAM):
+        if family in (AF_INET, AF_INET6) and (family, sockaddr[0]) not in seen:
+            seen.append((int(family), sockaddr[0]))
+    return seen
+
+
+def verified_name(host: str, hostname: str | None) -> str | None:
+    """
+    The C{TLS_HOSTNAME} for a connection to C{host}: C{hostname} if given,
+    else C{host} unless it is an IP literal (then the daemon's policy
+    decides whether the certificate's IP addresses may be checked).
+    """
+    if hostname is not None:
+        return hostname
+    return None if _is_ip_literal(host) else host
+
+
+def create_connection(
+    address: tuple[str, int],
+    timeout: float | None | object = _socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+    source_address: tuple[str, int] | None = None,
+    *,
+    hostname: str | None = None,
+    cafile: str | bytes | os.PathLike[str] | None = None,
+    alpn: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> SSASocket:
+    """
+    Connect to C{address} through the daemon, like C{socket.create_connection}:
+    each IPv4 and IPv6 address of the host is tried in turn until one
+    connects.
+
+    @param hostname: the name to verify (C{TLS_HOSTNAME}); by default the
+        host of C{address} (see L{verified_name}).
+    @param cafile: the trust anchors (C{TLS_TRUSTED_PEER_CERTIFICATES}):
+        a PEM file, a directory or inline PEM; by default the policy's.
+    @param alpn: protocols to offer, a comma list.
+    @return: a connected, blocking L{SSASocket} with C{timeout} set.
+    @raise OSError: the first address's failure when none could be
+        reached (C{ECONNABORTED} with the reason), or at once a failure
+        that is not about the address, such as C{EPROTO} for a
+        verification failure.
+    """
+    host, port = address
+    name = verified_name(host, hostname)
+    errors: list[OSError] = []
+    for family, ip in resolve(host, port):
+        sock = tls_socket(family, hostname=name, cafile=cafile, alpn=alpn, path=path)
+        try:
+            if timeout is not _socket._GLOBAL_DEFAULT_TIMEOUT:  # type: ignore[attr-defined]
+                sock.settimeout(timeout)  # type: ignore[arg-type]
+            if source_address is not None:
+                sock.bind(source_address)
+            sock.connect((ip, port))
+            return sock
+        except OSError as e:
+            sock.close()
+            if e.errno not in RETRY_ERRNOS:
+                raise
+            errors.append(e)
+    if not errors:
+        raise OSError(_errno.EADDRNOTAVAIL, f"getaddrinfo returned no address for {host!r}")
+    raise errors[0]
+
+
+def create_server(
+    address: tuple[str, int],
+    *,
+    certfile: str | bytes | os.PathLike[str],
+    keyfile: str | bytes | os.PathLike[str],
+    family: int = AF_INET,
+    backlog: int | None = None,
+    reuse_port: bool = False,
+    cafile: str | bytes | os.PathLike[str] | None = None,
+    require_client_certificate: bool = False,
+    alpn: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> SSASocket:
+    """
+    A listening TLS socket, like C{socket.create_server}: bound to
+    C{address} (C{("", 0)}: every address, an ephemeral port) and
+    listening, serving C{certfile} (the chain, leaf first) and C{keyfile}.
+
+    @param cafile: the anchors client certificates are verified against.
+    @param require_client_certificate: ask for and verify a client
+        certificate (C{TLS_REQUEST_PEER_AUTH}).
+    @param reuse_port: set C{SO_REUSEPORT} on the daemon's socket; the
+        daemon refuses it with C{ENOPROTOOPT} when it does not support it.
+    """
+    sock = tls_socket(
+        family, cafile=cafile, alpn=alpn, certfile=certfile, keyfile=keyfile,
+        require_client_certificate=require_client_certificate, path=path,
+    )
+    try:
+        if reuse_port:
+            sock.setsockopt(SOL_SOCKET, _socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(128 if backlog is None else backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

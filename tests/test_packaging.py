@@ -49,3 +49,12 @@ class PackagingTests(SynchronousTestCase):
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.assertIn(" ssa ", result.stdout)
         self.assertIn("Secure Socket API", result.stdout)
+        # The ssa: endpoint strings are found in the installed tree too.
+        self.assertTrue(os.path.isfile(os.path.join(target, "twisted", "plugins", "ssa_endpoints.py")))
+        endpoint = code.split("sys.argv")[0] + (
+            "from twisted.internet import reactor; from twisted.internet.endpoints import clientFromString;"
+            "print(type(clientFromString(reactor, 'ssa:host=localhost:port=443')).__module__)"
+        )
+        result = subprocess.run([sys.executable, "-c", endpoint], check=False, cwd=target, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.assertEqual(result.stdout.strip().splitlines()[-1], "ssa.endpoints", result.stdout)
