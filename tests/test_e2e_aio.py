@@ -91,6 +91,7 @@ class GatedTLSServer:
             with self._context.wrap_socket(raw, server_side=True) as tls:
                 while data := tls.recv(65536):
                     tls.sendall(data)
+                tls.unwrap()  # close_notify: without it the client reads a truncation (ECONNRESET)
         except OSError:
             pass
 

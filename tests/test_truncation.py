@@ -27,6 +27,7 @@ from ssa.testing.tls_connection import TLSPeerConnection, TruncatedError
 from ssa.testing.tls_server import pseudo_random_bytes
 
 from .helpers import DaemonTestCase, for_each_backend
+from .test_e2e_connect import recv_exactly
 from .test_workers import WorkersTestCase
 
 TLS = client.IPPROTO_TLS
@@ -116,6 +117,32 @@ class DaemonDeathTests(DaemonTestCase):
         for total, how in outcomes:
             self.assertLess(total, STREAM)
             self.assertEqual(how, "ECONNRESET", outcomes)
+
+
+class HalfClosedTruncationTests(DaemonTestCase):
+    """
+    A truncation after the application shut down writing.
+    """
+
+    def test_truncation_after_half_close_is_a_reset(self) -> None:
+        """
+        The application sends, shuts down writing; the peer answers and
+        closes TCP without close_notify: the application reads the answer,
+        then ECONNRESET (its own shutdown does not make the error a clean
+        end-of-file).
+        """
+        def answer_then_truncate(conn: TLSPeerConnection) -> None:
+            request = conn.recv_until_eof()
+            conn.sendall(b"got " + request)
+            conn.close_tcp_without_close_notify()
+
+        with StdlibTLSServer(self.server_key, answer_then_truncate) as server:
+            sock = self.trusting_socket()
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"ping")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(recv_exactly(sock, 8), b"got ping")
+            self.assertEqual(read_to_end(sock), (0, "ECONNRESET"))
 
 
 class WorkerDeathTests(WorkersTestCase):
@@ -252,4 +279,4 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-for_each_backend(globals(), DaemonDeathTests, ApplicationDeathTests)
+for_each_backend(globals(), DaemonDeathTests, HalfClosedTruncationTests, ApplicationDeathTests)
