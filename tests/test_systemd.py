@@ -216,7 +216,12 @@ class UnitTests(SynchronousTestCase):
         self.assertIn("ExecStart=/usr/bin/ssa-daemon ", service)
         (units / "ssa.service").write_text(service.replace("/usr/bin/ssa-daemon", str(daemon)))
         shutil.copy(UNITS / "ssa.socket", units / "ssa.socket")
-        env = dict(os.environ, MANPATH=str(MAN), SYSTEMD_LOG_LEVEL="notice")
+        manpath = units / "man"
+        for page in MAN.iterdir():
+            section = manpath / f"man{page.suffix[1:]}"
+            section.mkdir(parents=True, exist_ok=True)
+            shutil.copy(page, section / page.name)
+        env = dict(os.environ, MANPATH=str(manpath), SYSTEMD_LOG_LEVEL="notice")
         result = subprocess.run(
             [analyze, "verify", str(units / "ssa.socket"), str(units / "ssa.service")],
             capture_output=True, text=True, env=env, timeout=120,
