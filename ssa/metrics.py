@@ -13,7 +13,13 @@ from __future__ import annotations
 import errno
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.metrics_core import Metric
 from zope.interface import implementer
 
@@ -32,7 +38,7 @@ def reason_class(err: int, reason: str) -> str:
     The class (one of L{REASONS}) of a failure with C{err} and C{reason}.
     """
     text = reason.lower()
-    if err == errno.ETIMEDOUT or "timed out" in text or "did not finish within" in text:
+    if err == errno.ETIMEDOUT or "timed out" in text or "did not finish" in text:
         return "timeout"
     if "revoked" in text or "revocation" in text or "ocsp" in text or "crl" in text:
         return "revocation"

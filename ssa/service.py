@@ -236,6 +236,7 @@ class SocketService:
             on_ready=lambda: self._accept_ready(entry),
             on_unready=lambda: descriptors.take_byte(entry.app_end),
         )
+        listener.metrics = self.metrics
         try:
             host, port = listener.start(entry.bound)
         except OSError as e:

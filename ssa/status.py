@@ -60,7 +60,7 @@ def local_report(service: SocketService, uid: int | None) -> dict:
         for entry in list(service.entries.values())
         if uid is None or entry.sock.owner.uid == uid
     ]
-    families = getattr(service.metrics, "families", lambda: [])()
+    families = getattr(service.metrics, "families", list)()
     return {"worker": service.worker_index, "pid": os.getpid(), "sockets": rows, "metrics": families}
 
 

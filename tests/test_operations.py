@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,12 @@ from ssa.testing.daemon import SOURCE_ROOT
 from ssa.testing.peers import StdlibTLSServer, echo_handler, free_port
 
 from .helpers import DaemonTestCase
-from .test_workers import WorkersTestCase, forget_idle_connections, recv_exactly, worker_of
+from .test_workers import (
+    WorkersTestCase,
+    forget_idle_connections,
+    recv_exactly,
+    worker_of,
+)
 
 TLS = client.IPPROTO_TLS
 
@@ -149,6 +155,37 @@ class MetricsTests(WorkersTestCase):
         self.assertEqual(got, expected)
         self.assertGreater(samples[("ssa_handshake_seconds_sum", ())], 0)
         self.assertEqual(samples[("ssa_handshake_seconds_bucket", (("le", "+Inf"),))], 2)
+
+    def test_server_outcomes(self) -> None:
+        """
+        An accepted connection counts as a server success; a client that
+        rejects the daemon's certificate, as a server failure.
+        """
+        listener = self.tls_socket()
+        listener.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+        listener.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        address = listener.getsockname()[:2]
+        trusting = ssl.create_default_context(cadata=self.ca.cert_pem().decode())
+        with socket.create_connection(address, timeout=30) as raw:
+            with trusting.wrap_socket(raw, server_hostname="localhost") as tls:
+                conn, _ = listener.accept()
+                tls.sendall(b"hi")
+                self.assertEqual(conn.recv(2), b"hi")
+                conn.close()
+        stranger = ssl.create_default_context(cadata=CertificateAuthority.create().cert_pem().decode())
+        with socket.create_connection(address, timeout=30) as raw:
+            self.assertRaises(ssl.SSLError, stranger.wrap_socket, raw, server_hostname="localhost")
+        server = (("role", "server"),)
+        deadline = time.monotonic() + 20
+        while True:
+            samples = scrape(self.metrics_path)
+            got = [samples[("ssa_connections_total", (("outcome", outcome),) + server)] for outcome in ("ok", "failed")]
+            if got == [1, 1] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        self.assertEqual(got, [1, 1])
 
     def test_active_connection_counted(self) -> None:
         """

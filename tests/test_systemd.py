@@ -24,7 +24,6 @@ from ssa.testing.certs import CertificateAuthority
 from ssa.testing.daemon import SOURCE_ROOT
 from ssa.testing.peers import StdlibTLSServer, echo_handler
 
-
 UNITS = SOURCE_ROOT / "systemd"
 MAN = SOURCE_ROOT / "man"
 
