@@ -100,8 +100,18 @@ def _log_json(parent: usage.Options | None) -> None:
         raise usage.UsageError("--log-format json needs twist or twistd to run the daemon")
     if "fileLogObserverFactory" in parent:  # twist
         parent["fileLogObserverFactory"] = lambda out: jsonFileLogObserver(out, recordSeparator="")
-    else:  # twistd
-        parent["logger"] = lambda: jsonFileLogObserver(sys.stdout, recordSeparator="")
+    else:  # twistd, which imports the observer's factory by name
+        parent["logger"] = f"{__name__}.json_log_observer"
+
+
+def json_log_observer():
+    """
+    JSON log events on standard output, one per line (C{twistd ssa
+    --log-format json}).
+    """
+    from twisted.logger import jsonFileLogObserver
+
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")
 
 
 class UnixFrontendService(Service):

@@ -15,6 +15,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -408,6 +409,29 @@ class PureTests(SynchronousTestCase):
         memory.transferred("out", 7)
         self.assertEqual(memory.connections, [("server", "ok", None, None, False)])
         self.assertEqual((memory.active_now, memory.bytes), (0, {"in": 0, "out": 7}))
+
+    def test_json_logs_under_twistd(self) -> None:
+        """
+        Under C{twistd}, C{--log-format json} names an observer factory
+        that twistd imports; it writes one JSON object per line.
+        """
+        from twisted.logger import Logger
+        from twisted.python.reflect import namedAny
+        from twisted.scripts.twistd import ServerOptions
+
+        from ssa.tap.daemon import Options
+
+        parent, options = ServerOptions(), Options()
+        options.parent = parent
+        options.parseOptions(["--log-format", "json", "--socket", "/nonexistent/ssa.sock"])
+        out = tempfile.TemporaryFile("w+")
+        self.addCleanup(out.close)
+        self.patch(sys, "stdout", out)
+        Logger(observer=namedAny(parent["logger"])()).info("x {n}", n=1)
+        out.seek(0)
+        lines = out.read().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(json.loads(lines[0])["n"], 1)
 
     def test_combine_reports_a_missing_worker(self) -> None:
         """
