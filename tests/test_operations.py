@@ -341,6 +341,22 @@ class StatusTests(WorkersTestCase):
         self.assertEqual([row["id"] for row in seen["sockets"]], [nobodys])
         self.assertEqual([w["worker"] for w in seen["workers"]], [0, 1])
 
+    def test_worker_not_answering(self) -> None:
+        """
+        A stopped worker does not hold the status up: it is named as not
+        answering, the others' sockets are listed; its late answer is
+        ignored and the next status has every worker again.
+        """
+        mine = self.socket_in(0)
+        with self.only(0):
+            report = self.status()
+            text = run_ssa("status", "--socket", self.daemon.socket_path)
+        self.assertEqual(report["missing_workers"], [1])
+        self.assertEqual([w["worker"] for w in report["workers"]], [0])
+        self.assertIn(f"{mine.id:#018x}", [row["id"] for row in report["sockets"]])
+        self.assertIn("not answering: 1", text.stdout)
+        self.assertEqual(self.status()["missing_workers"], [])
+
     def test_no_daemon(self) -> None:
         """
         Without a daemon, C{ssa status} says so and exits 1.
