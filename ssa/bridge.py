@@ -186,6 +186,7 @@ class Bridge:
         @param peer_closed: the peer's close_notify came before, too.
         """
         if plaintext:
+            self.bytes_in += len(plaintext)
             self._send_app(plaintext)
         if peer_closed:
             self._peer_done_writing = True

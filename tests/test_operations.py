@@ -171,8 +171,8 @@ class MetricsTests(WorkersTestCase):
         trusting = ssl.create_default_context(cadata=self.ca.cert_pem().decode())
         with socket.create_connection(address, timeout=30) as raw:
             with trusting.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hi")  # before accept: it may wait in the listener with the connection
                 conn, _ = listener.accept()
-                tls.sendall(b"hi")
                 self.assertEqual(conn.recv(2), b"hi")
                 conn.close()
         stranger = ssl.create_default_context(cadata=CertificateAuthority.create().cert_pem().decode())
@@ -183,10 +183,11 @@ class MetricsTests(WorkersTestCase):
         while True:
             samples = scrape(self.metrics_path)
             got = [samples[("ssa_connections_total", (("outcome", outcome),) + server)] for outcome in ("ok", "failed")]
-            if got == [1, 1] or time.monotonic() > deadline:
+            got.append(samples[("ssa_bytes_total", (("direction", "in"),))])
+            if got == [1, 1, 2] or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        self.assertEqual(got, [1, 1])
+        self.assertEqual(got, [1, 1, 2])
 
     def test_active_connection_counted(self) -> None:
         """
