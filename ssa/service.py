@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import secrets
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -135,7 +136,7 @@ class SocketService:
         app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
-        self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach(), created=self.reactor.seconds())
+        self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach(), created=time.monotonic())
         self._per_process[owner.pid] += 1
         self.counters["sockets_opened"] += 1
         return sock, self.entries[socket_id].app_end
@@ -195,7 +196,7 @@ class SocketService:
             raise ValueError(f"socket {socket_id:#x} exists already")
         sock = TLSSocket(socket_id, family, owner, self.policies.for_peer(owner))
         sock.lookup_context = self._context_socket
-        entry = SocketEntry(sock, app_end, daemon_end, bound=bound, created=self.reactor.seconds())
+        entry = SocketEntry(sock, app_end, daemon_end, bound=bound, created=time.monotonic())
         if bound is not None:
             host, port = bound.getsockname()[:2]
             sock.bound(host, port)
@@ -290,7 +291,7 @@ class SocketService:
             entry.bound = None
         done: Deferred = Deferred()
         entry.waiters.append(done)
-        entry.started = self.reactor.seconds()
+        entry.started = time.monotonic()
         policy = entry.sock.policy
         offered = None
         if entry.sock.resumes_sessions:
@@ -396,7 +397,7 @@ class SocketService:
         self._apply_network_options(entry)
         entry.session_since = self.reactor.seconds()
         self.counters["connect_ok"] += 1
-        self.metrics.connection("client", "ok", None, self.reactor.seconds() - entry.started, info.resumed)
+        self.metrics.connection("client", "ok", None, time.monotonic() - entry.started, info.resumed)
         self._activate(entry)
         log.info(
             "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -54,7 +55,7 @@ def local_report(service: SocketService, uid: int | None) -> dict:
     This process's part of the status: its sockets (only those of C{uid}
     unless it is L{None}) and its counters.
     """
-    now = service.reactor.seconds()
+    now = time.monotonic()
     rows = [
         socket_row(entry, now)
         for entry in list(service.entries.values())

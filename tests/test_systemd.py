@@ -27,9 +27,18 @@ from ssa.testing.peers import StdlibTLSServer, echo_handler
 UNITS = SOURCE_ROOT / "systemd"
 MAN = SOURCE_ROOT / "man"
 
-# Puts descriptor $1 on 3, as systemd does, and sets LISTEN_PID to its own
-# pid, which the exec keeps.
-_WRAPPER = 'fd=$1; shift; eval "exec 3<&$fd $fd<&-"; export LISTEN_PID=$$ LISTEN_FDS=1; exec "$@"'
+# Puts descriptor argv[1] on 3, as systemd does, sets LISTEN_PID to its own
+# pid, which the exec keeps, and runs the rest of its arguments.
+_WRAPPER = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.set_inheritable(3, True)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 class ActivationTests(SynchronousTestCase):
@@ -60,7 +69,7 @@ class ActivationTests(SynchronousTestCase):
         self.addCleanup(log.close)
         fd = self.listening.fileno()
         process = subprocess.Popen(
-            ["sh", "-c", _WRAPPER, "sh", str(fd), sys.executable, "-m", "ssa.systemd", "--log-format", "text",
+            [sys.executable, "-c", _WRAPPER, str(fd), sys.executable, "-m", "ssa.systemd", "--log-format", "text",
              "ssa", "--socket", os.path.join(self.dir, "unused.sock"), *arguments],
             env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=[fd],
         )
