@@ -609,6 +609,7 @@ def outcome_fields(
         "remote": None if not remote else f"{remote[0]}:{remote[1]}", "sni": sni,
         "tls_version": None if info is None else version_name(info.version),
         "cipher": None if info is None else info.cipher, "resumed": None if info is None else info.resumed,
+        "group": None if info is None else info.group,
     }
     for name in present:
         del fields[name]

@@ -43,6 +43,7 @@ def socket_row(entry: SocketEntry, now: float) -> dict:
         "sni": sock.hostname if info is None or info.server_name is None else info.server_name,
         "tls_version": None if info is None else version_name(info.version),
         "cipher": None if info is None else info.cipher,
+        "group": None if info is None else info.group,
         "resumed": None if info is None else info.resumed,
         "bytes_in": 0 if bridge is None else bridge.bytes_in,
         "bytes_out": 0 if bridge is None else bridge.bytes_out,
@@ -101,7 +102,7 @@ def encode(status: dict) -> bytes:
     return json.dumps(status, sort_keys=True).encode("utf-8")
 
 
-_COLUMNS = ("id", "pid", "uid", "state", "remote", "sni", "tls_version", "cipher", "resumed",
+_COLUMNS = ("id", "pid", "uid", "state", "remote", "sni", "tls_version", "cipher", "group", "resumed",
             "bytes_in", "bytes_out", "age", "executable")
 
 

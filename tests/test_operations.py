@@ -251,6 +251,7 @@ class JSONLogTests(DaemonTestCase):
              "role": "client"},
         )
         self.assertTrue(ok["cipher"].startswith("TLS_"), ok["cipher"])
+        self.assertTrue(ok["group"], ok)
         failed = [event for event in outcomes if event["outcome"] == "failed"][0]
         self.assertEqual(failed["sni"], "other.example")
         self.assertEqual(failed["remote"], f"127.0.0.1:{port}")
@@ -317,6 +318,8 @@ class StatusTests(WorkersTestCase):
              "sni": "localhost", "tls_version": "TLS 1.3", "resumed": False, "bytes_in": 5, "bytes_out": 5},
         )
         self.assertEqual(row["executable"], os.path.realpath(sys.executable))
+        self.assertIsInstance(row["group"], str)  # the openssl backend names it (X25519, ...)
+        self.assertTrue(row["group"])
         self.assertGreaterEqual(row["age"], 0)
         self.assertEqual(rows[theirs]["pid"], holder.pid)
         self.assertEqual(rows[theirs]["state"], "NEW")
