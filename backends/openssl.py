@@ -390,6 +390,16 @@ def _sni_name(server_hostname: str | None) -> bytes | None:
         return name.encode("idna")
 
 
+def _group(connection: SSL.Connection) -> str | None:
+    """
+    The key-exchange group C{connection} negotiated, if pyOpenSSL can say.
+    """
+    try:
+        return connection.get_group_name()
+    except (AttributeError, SSL.Error):
+        return None
+
+
 def _session_reused(connection: SSL.Connection) -> bool:
     """
     Whether C{connection}'s handshake resumed a session.
@@ -567,6 +577,7 @@ class OpenSSLEngine:
             peer_chain=tuple(chain),
             alpn=self._alpn(),
             resumed=_session_reused(connection),
+            group=_group(connection),
         )
 
     def session(self) -> SSL.Session | None:
@@ -618,6 +629,7 @@ class OpenSSLServerEngine(OpenSSLEngine):
             alpn=self._alpn(),
             resumed=_session_reused(connection),
             server_name=name.decode("ascii", "replace") if name else None,
+            group=_group(connection),
         )
 
 

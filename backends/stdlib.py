@@ -676,6 +676,7 @@ class StdlibEngine:
             alpn=sslobject.selected_alpn_protocol(),
             resumed=bool(sslobject.session_reused),
             server_name=getattr(sslobject, "ssa_server_name", None) if self._server else None,
+            group=getattr(sslobject, "group", lambda: None)(),  # Python 3.13 and later
         )
 
     def session(self) -> ssl.SSLSession | None:

@@ -160,6 +160,8 @@ class Bridge:
         self._tcp_write_shut = False
         self._plaintext_write_shut = False
         self._closing = False            # the application closed its socket
+        self.bytes_in = 0   # plaintext from the peer
+        self.bytes_out = 0  # plaintext from the application
         self._failing = False
         self._ended = False
         self._linger = None
@@ -186,6 +188,7 @@ class Bridge:
         @param peer_closed: the peer's close_notify came before, too.
         """
         if plaintext:
+            self.bytes_in += len(plaintext)
             self._send_app(plaintext)
         if peer_closed:
             self._peer_done_writing = True
@@ -224,6 +227,7 @@ class Bridge:
                 self._app_ready = False
                 self._application_done_writing()
                 break
+            self.bytes_out += len(data)
             try:
                 self.engine.write(data)
             except TLSFailure as e:
@@ -347,6 +351,7 @@ class Bridge:
             return
         self._send_peer(engine.outgoing())
         if plaintext:
+            self.bytes_in += len(plaintext)
             if self._on_first_data is not None:
                 first, self._on_first_data = self._on_first_data, None
                 first()

@@ -377,5 +377,55 @@ def run_backends(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _status_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    parser.add_argument(
+        "--socket", metavar="PATH",
+        help="the daemon's control socket (default: $SSA_SOCKET, your own daemon's, else the system one)",
+    )
+
+
+@command(
+    "status",
+    "show the daemon's live sockets and counters",
+    "Ask the running daemon for its live sockets (id, pid, uid, executable, state, remote address, "
+    "SNI, TLS version, cipher, resumed, bytes in and out, age) and its counters (connections by role "
+    "and outcome, failures by reason, handshakes, resumptions, active connections), over every worker "
+    "process. Root sees every socket; another user sees only its own. Exits 1 if the daemon cannot "
+    "be reached.",
+    arguments=_status_arguments,
+)
+def run_status(args: argparse.Namespace) -> int:
+    """
+    C{ssa status [--json] [--socket PATH]}.
+    """
+    import json
+
+    from ssa import status, wire
+    from ssa._control import ControlChannel
+    from ssa.paths import client_socket_path
+
+    path = args.socket or client_socket_path()
+    try:
+        channel = ControlChannel(path)
+        try:
+            code, payload, _ = channel.request(wire.Op.STATUS, 0, b"", timeout=30)
+        finally:
+            channel.close()
+    except (OSError, TimeoutError) as e:
+        print(f"ssa: {e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        return EXIT_FAILURE
+    if code:
+        print(f"ssa: the daemon refused: {errno.errorcode.get(code, code)} {payload.decode(errors='replace')}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    report = json.loads(payload)
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(status.format_text(report))
+    return EXIT_OK
+
+
 if __name__ == "__main__":
     sys.exit(main())

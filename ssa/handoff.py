@@ -107,8 +107,38 @@ class Migration:
     owner: tuple[int, int, int, str | None] | None = None
 
 
-Message = Ready | Handoff | Migration
-_KINDS: dict[int, type] = {1: Ready, 2: Handoff, 3: Migration}
+@dataclass
+class Query:
+    """
+    A request for a worker's report (L{ssa.status.local_report}): its
+    sockets and counters, for C{ssa status} and C{/metrics}.
+
+    @ivar query: the asker's number for it, echoed in the L{Answer}.
+    @ivar uid: show only sockets of this user; L{None} for all.
+    """
+
+    source: int
+    target: int
+    query: int
+    uid: int | None
+    fds: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Answer:
+    """
+    A worker's report, answering the L{Query} numbered C{query}.
+    """
+
+    source: int
+    target: int
+    query: int
+    report: dict
+    fds: list[int] = field(default_factory=list)
+
+
+Message = Ready | Handoff | Migration | Query | Answer
+_KINDS: dict[int, type] = {1: Ready, 2: Handoff, 3: Migration, 4: Query, 5: Answer}
 _KIND_OF = {kind: number for number, kind in _KINDS.items()}
 
 
@@ -132,6 +162,10 @@ def encode(message: Message) -> bytes:
             "sender": message.sender,
             "owner": message.owner,
         }
+    elif isinstance(message, Query):
+        fields = {"query": message.query, "uid": message.uid}
+    elif isinstance(message, Answer):
+        fields = {"query": message.query, "report": message.report}
     else:
         fields = {}
     head = _HEAD.pack(_KIND_OF[type(message)], message.target, message.source, len(message.fds))
@@ -151,6 +185,13 @@ def decode(data: bytes, fds: list[int]) -> Message:
             raise LinkError(f"a message of kind {kind} with {len(fds)} descriptors (announced {nfds})")
         if kind == 1:
             return Ready(source, target, fds)
+        if kind == 4:
+            uid = fields["uid"]
+            return Query(source, target, int(fields["query"]), None if uid is None else int(uid), fds)
+        if kind == 5:
+            if not isinstance(fields["report"], dict):
+                raise LinkError("a report that is not an object")
+            return Answer(source, target, int(fields["query"]), fields["report"], fds)
         pending = base64.b64decode(fields["pending"], validate=True)
         sender = _credentials(fields.get("sender"))
         if kind == 2:

@@ -214,3 +214,36 @@ class ISocketAPI(Interface):
         """
         Close the socket: close_notify if connected, then free everything.
         """
+
+
+class IMetrics(Interface):
+    """
+    Where the daemon counts what it does (connections and their outcomes,
+    handshake times, bytes): L{ssa.metrics.PrometheusMetrics} in the daemon,
+    L{ssa.metrics.MemoryMetrics} in tests.
+    """
+
+    def connection(
+        role: str, outcome: str, reason: str | None, handshake_seconds: float | None, resumed: bool
+    ) -> None:
+        """
+        A connection reached its outcome.
+
+        @param role: C{"client"} (connect) or C{"server"} (accept).
+        @param outcome: C{"ok"} or C{"failed"}.
+        @param reason: for a failure, its class (L{ssa.metrics.REASONS}).
+        @param handshake_seconds: how long the connection took to be ready
+            (TCP connect and TLS handshake), if it succeeded.
+        @param resumed: whether its handshake resumed a session.
+        """
+
+    def active(delta: int) -> None:
+        """
+        Connections carrying data changed by C{delta} (+1 or -1).
+        """
+
+    def transferred(direction: str, count: int) -> None:
+        """
+        A connection moved C{count} plaintext bytes: C{"in"} from its
+        peer, C{"out"} to its peer.
+        """

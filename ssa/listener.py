@@ -7,6 +7,7 @@ accepts them. Nothing that failed or stalled ever reaches the queue.
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +18,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .errors import TLSFailure
-from .interfaces import ITLSBackend, ITLSStreamListener
+from .interfaces import IMetrics, ITLSBackend, ITLSStreamListener
+from .metrics import reason_class
 from .tlsconfig import ServerTLSConfig, TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
 
@@ -94,9 +96,11 @@ class Listener(Factory):
 
     @ivar ready: connections whose handshake succeeded, oldest first.
     @ivar handshaking: connections still in their handshake.
+    @ivar metrics: where failed server handshakes are counted, if set.
     """
 
     noisy = False
+    metrics: IMetrics | None = None
 
     def __init__(
         self,
@@ -200,5 +204,8 @@ class Listener(Factory):
             self.ready.remove(pending)
             self._on_unready()
         elif pending.session is None and failure is not None:
+            reason = str(failure.args[0]) if failure.args else repr(failure)
+            if self.metrics is not None:
+                self.metrics.connection("server", "failed", reason_class(errno.EPROTO, reason), None, False)
             log.info("server handshake with {peer} failed: {reason}", peer=pending.peer,
-                     reason=failure.args[0] if failure.args else repr(failure))
+                     reason=reason, role="server", outcome="failed", remote=f"{pending.peer[0]}:{pending.peer[1]}")

@@ -26,19 +26,24 @@ import os
 import socket
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from .constants import IPPROTO_TLS, TLS_CONTEXT, SocketState
 from .errors import SSAError
-from .handoff import Handoff, Message, Migration, ReplayLog, close_all
+from .handoff import Answer, Handoff, Message, Migration, Query, ReplayLog, close_all
 from .options import U64
 from .peer import Credentials, PeerIdentity, peer_identity
 from .service import SocketService
+from .status import local_report
 from .twisted_internals import adopt_with_credentials
 from .wire import Frame, Op
 
 log = Logger()
+
+#: How long C{ssa status} and C{/metrics} wait for a worker's report.
+QUERY_TIMEOUT = 2.0
 
 
 class CrossWorker:
@@ -62,6 +67,8 @@ class CrossWorker:
         self.send: Callable[[Message], None] = _nowhere
         self.replay = ReplayLog()
         self.factory: Factory | None = None
+        self._queries: dict[int, tuple[list[dict], set[int], Deferred, object]] = {}
+        self._next_query = 0
 
     def _foreign(self, socket_id: int) -> int | None:
         """
@@ -166,10 +173,60 @@ class CrossWorker:
 
     # Arriving
 
+    # Reports (C{ssa status}, C{/metrics})
+
+    def gather(self, uid: int | None, timeout: float = QUERY_TIMEOUT) -> Deferred:
+        """
+        Ask every worker for its report (L{ssa.status.local_report}).
+
+        @return: fires with the reports that arrived within C{timeout}
+            seconds, this worker's first.
+        """
+        self._next_query += 1
+        query = self._next_query
+        reports = [local_report(self.service, uid)]
+        waiting = {index for index in range(self.count) if index != self.index}
+        done: Deferred = Deferred()
+        if not waiting:
+            done.callback(reports)
+            return done
+        timer = self.reactor.callLater(timeout, self._answered, query, None)
+        self._queries[query] = (reports, waiting, done, timer)
+        for index in sorted(waiting):
+            self.send(Query(self.index, index, query, uid))
+        return done
+
+    def _answered(self, query: int, answer: Answer | None) -> None:
+        """
+        A worker answered C{query} (or, with L{None}, time is up).
+        """
+        pending = self._queries.get(query)
+        if pending is None:
+            return
+        reports, waiting, done, timer = pending
+        if answer is not None:
+            if answer.source not in waiting:
+                return
+            waiting.discard(answer.source)
+            reports.append(answer.report)
+        if waiting and answer is not None:
+            return
+        del self._queries[query]
+        if timer.active():
+            timer.cancel()
+        if not done.called:
+            done.callback(reports)
+
     def receive(self, message: Message) -> None:
         """
         Serve a connection (and socket) another worker passed here.
         """
+        if isinstance(message, Query):
+            self.send(Answer(self.index, message.source, message.query, local_report(self.service, message.uid)))
+            return
+        if isinstance(message, Answer):
+            self._answered(message.query, message)
+            return
         if message.target != self.index or not isinstance(message, (Handoff, Migration)):
             log.error("dropped a {kind} for worker {target}", kind=type(message).__name__,
                       target=message.target)

@@ -10,6 +10,7 @@ import errno
 import resource
 import secrets
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -22,9 +23,10 @@ from .bridge import PLAINTEXT_BUFFER, Bridge
 from .connector import INTERNAL_ERROR, ConnectAttempt
 from .constants import IPPROTO_TLS, SocketState, version_name
 from .errors import SSAError
-from .interfaces import ISocketAPI, ITLSBackend
+from .interfaces import IMetrics, ISocketAPI, ITLSBackend
 from .limits import SocketCounts
 from .listener import Listener, PendingConnection
+from .metrics import PrometheusMetrics, reason_class
 from .peer import PeerIdentity
 from .policy import Policy
 from .profiles import PolicySet
@@ -68,6 +70,9 @@ class SocketEntry:
     session_key: object | None = None
     session_since: float = 0.0
     session_kept: bool = False
+    created: float = 0.0
+    started: float = 0.0
+    active: bool = False
 
 
 @implementer(ISocketAPI)
@@ -77,7 +82,8 @@ class SocketService:
     """
 
     def __init__(
-        self, reactor, backend: ITLSBackend, policies: PolicySet | Policy, worker_index: int = 0
+        self, reactor, backend: ITLSBackend, policies: PolicySet | Policy, worker_index: int = 0,
+        metrics: IMetrics | None = None,
     ) -> None:
         """
         @param policies: the administrator's policy: a loaded file (defaults
@@ -85,6 +91,8 @@ class SocketService:
         @param worker_index: which of the daemon's worker processes this
             is; it is the top byte of every socket id made here, so any
             worker can tell which one serves a socket (L{worker_of}).
+        @param metrics: where connections are counted (default: a new
+            L{PrometheusMetrics}).
         """
         if not 0 <= worker_index < 256:
             raise ValueError(f"worker index {worker_index} is not in 0..255")
@@ -98,6 +106,7 @@ class SocketService:
         self.counts = SocketCounts()
         self.counters: Counter[str] = Counter()
         self.sessions = SessionCache()
+        self.metrics: IMetrics = metrics if metrics is not None else PrometheusMetrics()
 
     # Table
 
@@ -132,7 +141,7 @@ class SocketService:
         descriptors.hold_placeholder(app.fileno(), daemon.fileno())
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
-        self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach())
+        self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach(), created=time.monotonic())
         self.counts.add(owner.pid, owner.uid)
         self.counters["sockets_opened"] += 1
         return sock, self.entries[socket_id].app_end
@@ -190,7 +199,7 @@ class SocketService:
             raise ValueError(f"socket {socket_id:#x} exists already")
         sock = TLSSocket(socket_id, family, owner, self.policies.for_peer(owner))
         sock.lookup_context = self._context_socket
-        entry = SocketEntry(sock, app_end, daemon_end, bound=bound)
+        entry = SocketEntry(sock, app_end, daemon_end, bound=bound, created=time.monotonic())
         if bound is not None:
             host, port = bound.getsockname()[:2]
             sock.bound(host, port)
@@ -231,6 +240,7 @@ class SocketService:
             on_ready=lambda: self._accept_ready(entry),
             on_unready=lambda: descriptors.take_byte(entry.app_end),
         )
+        listener.metrics = self.metrics
         try:
             host, port = listener.start(entry.bound)
         except OSError as e:
@@ -284,6 +294,7 @@ class SocketService:
             entry.bound = None
         done: Deferred = Deferred()
         entry.waiters.append(done)
+        entry.started = time.monotonic()
         policy = entry.sock.policy
         offered = None
         if entry.sock.resumes_sessions:
@@ -396,12 +407,16 @@ class SocketService:
         self._apply_network_options(entry)
         entry.session_since = self.reactor.seconds()
         self.counters["connect_ok"] += 1
+        self.metrics.connection("client", "ok", None, time.monotonic() - entry.started, info.resumed)
+        self._activate(entry)
         log.info(
             "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
             "policy={generation}/{profile}",
             owner=sock.owner.describe(), host=sock.remote_address[0], port=sock.remote_address[1],
             sni=sock.hostname, version=version_name(info.version), cipher=info.cipher,
             resumed=info.resumed, generation=sock.policy.generation, profile=sock.policy.profile or "default",
+            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, info, "ok", "sni", "cipher",
+                             "resumed"), reason=None,
         )
         self._settle(entry, None)
 
@@ -495,11 +510,15 @@ class SocketService:
         self._apply_network_options(accepted)
         info = pending.session
         self.counters["accept_ok"] += 1
+        self.metrics.connection("server", "ok", None, None, info.resumed)
+        self._activate(accepted)
         log.info(
             "accept ok: {owner} from {host}:{port} sni={sni} {version} {cipher} client={client}",
             owner=owner.describe(), host=pending.peer[0], port=pending.peer[1], sni=info.server_name,
             version=version_name(info.version), cipher=info.cipher,
             client=sock.session and sock.session.peer_chain and "certificate" or "none",
+            **outcome_fields("server", owner, pending.peer, info.server_name, info, "ok", "sni", "cipher"),
+            reason=None,
         )
         return sock, app_end
 
@@ -514,10 +533,12 @@ class SocketService:
             except OSError:
                 pass
         self.counters[f"connect_failed_{errno.errorcode.get(err, err)}"] += 1
+        self.metrics.connection("client", "failed", reason_class(err, reason), None, False)
         log.info(
             "connect failed: {owner} to {address} sni={sni}: {errname} {reason}",
             owner=sock.owner.describe(), address=sock.remote_address, sni=sock.hostname,
             errname=errno.errorcode.get(err, str(err)), reason=reason,
+            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, None, "failed", "sni"),
         )
         self._settle(entry, failure)
 
@@ -544,7 +565,17 @@ class SocketService:
         entry.session_kept = session is not None
         self.sessions.put(entry.session_key, session, entry.session_since, entry.sock.session_ttl)
 
+    def _activate(self, entry: SocketEntry) -> None:
+        entry.active = True
+        self.metrics.active(1)
+
     def _ended(self, entry: SocketEntry, failure: BaseException | None) -> None:
+        if entry.active:
+            entry.active = False
+            self.metrics.active(-1)
+            if entry.bridge is not None:
+                self.metrics.transferred("in", entry.bridge.bytes_in)
+                self.metrics.transferred("out", entry.bridge.bytes_out)
         if failure is None:
             self._keep_session(entry)
         entry.sock.disconnected()
@@ -583,3 +614,25 @@ def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:
     return net
 
 
+
+
+def outcome_fields(
+    role: str, owner: PeerIdentity, remote: tuple | None, sni: str | None, info: TLSSessionInfo | None,
+    outcome: str, *present: str,
+) -> dict[str, object]:
+    """
+    The fields of a connection-outcome log event, for JSON logs
+    (C{--log-format json}), but for those C{present} in the event already
+    (with the same values); the event adds its C{reason} (L{None} on
+    success).
+    """
+    fields = {
+        "role": role, "outcome": outcome, "pid": owner.pid, "uid": owner.uid, "executable": owner.executable,
+        "remote": None if not remote else f"{remote[0]}:{remote[1]}", "sni": sni,
+        "tls_version": None if info is None else version_name(info.version),
+        "cipher": None if info is None else info.cipher, "resumed": None if info is None else info.resumed,
+        "group": None if info is None else info.group,
+    }
+    for name in present:
+        del fields[name]
+    return fields

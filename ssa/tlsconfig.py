@@ -8,7 +8,7 @@ finished handshake as a L{TLSSessionInfo}.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -108,6 +108,8 @@ class TLSSessionInfo:
     @ivar alpn: the negotiated application protocol, if any.
     @ivar resumed: whether the handshake resumed a session.
     @ivar server_name: on a server, the SNI name the client sent.
+    @ivar group: the negotiated key-exchange group (e.g. C{X25519}), if
+        the backend can tell.
     """
 
     version: int
@@ -116,6 +118,7 @@ class TLSSessionInfo:
     alpn: str | None = None
     resumed: bool = False
     server_name: str | None = None
+    group: str | None = field(default=None, compare=False)  # informational: left out of equality
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

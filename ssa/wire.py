@@ -51,6 +51,7 @@ class Op(enum.IntEnum):
     LISTEN = 6
     ACCEPT = 7
     CLOSE = 8
+    STATUS = 9
 
 
 class FramingError(Exception):

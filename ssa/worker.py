@@ -27,7 +27,7 @@ from .handoff import Ready
 from .link import Link
 from .routing import CrossWorker
 from .service import SocketService
-from .twisted_internals import CredentialPort
+from .twisted_internals import CredentialPort, pass_credentials
 
 log = Logger()
 
@@ -70,6 +70,11 @@ def serve_inherited(reactor, fd: int, factory: ControlFactory) -> SharedControlP
     alone), and close C{fd}, which the port has duplicated.
     """
     os.set_blocking(fd, False)
+    listening = socket.socket(fileno=fd)
+    try:
+        pass_credentials(listening)  # e.g. a socket systemd made: requests carry their senders
+    finally:
+        listening.detach()
     port = SharedControlPort._fromListeningDescriptor(reactor, fd, factory)
     port.startListening()
     os.close(fd)

@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .handoff import Message, Ready, close_all
@@ -240,10 +240,27 @@ class _WorkerProtocol(ProcessProtocol):
         line = _TIMESTAMP.sub("", raw.decode("utf-8", "replace").rstrip("\r"))
         if not line:
             return
+        if line.lstrip("\x1e").startswith("{") and self._relay_event(line.lstrip("\x1e")):
+            return
         if childFD == 2:
             log.warn("worker {index}: {line}", index=self.worker.index, line=line)  # noqa: G010
         else:
             log.info("worker {index}: {line}", index=self.worker.index, line=line)
+
+    def _relay_event(self, line: str) -> bool:
+        """
+        Publish a worker's JSON log event (C{--log-format json}) as this
+        process's, with the worker's index; say whether it was one.
+        """
+        try:
+            event = eventFromJSON(line)
+        except ValueError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        event["worker"] = self.worker.index
+        globalLogPublisher(event)
+        return True
 
     def processEnded(self, reason: Failure) -> None:
         """

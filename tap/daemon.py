@@ -10,12 +10,14 @@ import os
 import resource
 import signal
 import socket
+import sys
 from collections.abc import Callable
 
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 from twisted.python import usage
 
+from ssa import status, systemd
 from ssa.backend_choice import NoSuchBackend, load_backend
 from ssa.frontends.unix import ControlFactory
 from ssa.paths import daemon_socket_path
@@ -25,7 +27,7 @@ from ssa.profiles import PolicySet
 from ssa.routing import CrossWorker
 from ssa.service import SocketService
 from ssa.twisted_internals import listen_with_credentials
-from ssa.worker import WorkerProcessService
+from ssa.worker import WorkerProcessService, serve_inherited
 from ssa.workers import CONTROL_FD, LINK_FD, WorkerSupervisor
 
 log = Logger()
@@ -56,6 +58,10 @@ class Options(usage.Options):
         ["handshake-timeout", None, None, "Seconds a TLS handshake may take (default 30).", float],
         ["workers", None, 1,
          f"Worker processes sharing the control socket, 1-{MAX_WORKERS} (default 1: no extra process).", int],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this Twisted server endpoint "
+         "(e.g. tcp:9464:interface=127.0.0.1), summed over every worker."],
+        ["log-format", None, "text", "Log as 'text' (the default) or 'json' (one object per line)."],
         ["worker-index", None, None, "Internal: the main process starts worker K with it.", int],
         ["inherit-control-fd", None, None, "Internal: a worker's inherited control socket.", int],
         ["link-fd", None, None, "Internal: a worker's link to the main process.", int],
@@ -67,6 +73,10 @@ class Options(usage.Options):
         """
         if self["socket"] is None:
             self["socket"] = daemon_socket_path()
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
+        if self["log-format"] == "json":
+            _log_json(getattr(self, "parent", None))
         workers = self["workers"]
         if not 1 <= workers <= MAX_WORKERS:
             raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
@@ -80,6 +90,31 @@ class Options(usage.Options):
                 )
 
 
+def _log_json(parent: usage.Options | None) -> None:
+    """
+    Make the command running the daemon (C{twist} or C{twistd}) log JSON,
+    one event per line.
+    """
+    from twisted.logger import jsonFileLogObserver
+
+    if parent is None:
+        raise usage.UsageError("--log-format json needs twist or twistd to run the daemon")
+    if "fileLogObserverFactory" in parent:  # twist
+        parent["fileLogObserverFactory"] = lambda out: jsonFileLogObserver(out, recordSeparator="")
+    else:  # twistd, which imports the observer's factory by name
+        parent["logger"] = f"{__name__}.json_log_observer"
+
+
+def json_log_observer():
+    """
+    JSON log events on standard output, one per line (C{twistd ssa
+    --log-format json}).
+    """
+    from twisted.logger import jsonFileLogObserver
+
+    return jsonFileLogObserver(sys.stdout, recordSeparator="")
+
+
 class UnixFrontendService(Service):
     """
     Listens on the control socket, safely: the directory is made private
@@ -87,8 +122,17 @@ class UnixFrontendService(Service):
     replaced, a live one is not.
     """
 
-    def __init__(self, reactor, path: str, sockets: SocketService, workers: CrossWorker | None = None) -> None:
+    def __init__(
+        self, reactor, path: str, sockets: SocketService, workers: CrossWorker | None = None,
+        inherited: int | None = None,
+    ) -> None:
+        """
+        @param inherited: a listening socket to serve instead of binding
+            C{path} (socket activation); the path is then the service
+            manager's, left alone.
+        """
         self.reactor = reactor
+        self.inherited = inherited
         self.path = path
         self.sockets = sockets
         self.workers = workers
@@ -99,6 +143,12 @@ class UnixFrontendService(Service):
         Bind the control socket.
         """
         super().startService()
+        if self.inherited is not None:
+            fd, self.inherited = self.inherited, None
+            self.port = serve_inherited(self.reactor, fd, ControlFactory(self.sockets, self.workers))
+            log.info("SSA daemon serving the control socket passed by the service manager with the "
+                     "{backend} backend", backend=self.sockets.backend.name)
+            return
         directory = os.path.dirname(self.path) or "."
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755 if os.getuid() == 0 else 0o700, exist_ok=True)
@@ -155,12 +205,15 @@ class PolicyReloader(Service):
 
     def __init__(
         self, reactor, sockets: SocketService, load: Callable[[], PolicySet],
-        forward: Callable[[], None] = lambda: None,
+        forward: Callable[[], None] = lambda: None, notifier: systemd.Notifier | None = None,
     ) -> None:
         """
         @param forward: called after each SIGHUP's reload (the main process
             of several workers passes the signal on to them).
+        @param notifier: tells systemd C{RELOADING=1} before a reload and
+            C{READY=1} after it.
         """
+        self.notifier = notifier
         self.reactor = reactor
         self.sockets = sockets
         self.load = load
@@ -177,8 +230,12 @@ class PolicyReloader(Service):
         )
 
     def _hangup(self) -> None:
+        if self.notifier is not None:
+            self.notifier.reloading()
         self.reload()
         self.forward()
+        if self.notifier is not None:
+            self.notifier.notify("READY=1", "STATUS=serving")
 
     def stopService(self) -> None:
         """
@@ -201,6 +258,31 @@ class PolicyReloader(Service):
         generation = self.sockets.reload(policies)
         log.info("policy reloaded from {source}: generation {generation}",
                  source=policies.source, generation=generation)
+
+
+class ReadinessService(Service):
+    """
+    Tells systemd (C{sd_notify}) that the daemon serves once the reactor
+    runs, and that it stops.
+    """
+
+    def __init__(self, reactor, notifier: systemd.Notifier) -> None:
+        self.reactor = reactor
+        self.notifier = notifier
+
+    def startService(self) -> None:
+        """
+        C{READY=1} once the reactor runs (the control socket is open).
+        """
+        super().startService()
+        self.reactor.callWhenRunning(self.notifier.notify, "READY=1", "STATUS=serving", f"MAINPID={os.getpid()}")
+
+    def stopService(self) -> None:
+        """
+        C{STOPPING=1}.
+        """
+        super().stopService()
+        self.notifier.notify("STOPPING=1")
 
 
 def _loader(options: Options) -> Callable[[], PolicySet]:
@@ -248,9 +330,14 @@ def makeService(options: Options, reactor=None) -> MultiService:
     top = MultiService()
     count, index = options["workers"], options["worker-index"] or 0
     sockets = SocketService(reactor, backend, policies, worker_index=index)
+    notifier = systemd.Notifier()
+    inherited = systemd.INHERITED[0] if systemd.INHERITED and not index else None
+    if not index:
+        ReadinessService(reactor, notifier).setServiceParent(top)
     if count == 1:
-        UnixFrontendService(reactor, options["socket"], sockets).setServiceParent(top)
-        PolicyReloader(reactor, sockets, load).setServiceParent(top)
+        UnixFrontendService(reactor, options["socket"], sockets, inherited=inherited).setServiceParent(top)
+        PolicyReloader(reactor, sockets, load, notifier=notifier).setServiceParent(top)
+        _serve_metrics(reactor, options, sockets, None, top)
         return top
     workers = CrossWorker(reactor, sockets, count)
     if index:
@@ -259,15 +346,31 @@ def makeService(options: Options, reactor=None) -> MultiService:
         ).setServiceParent(top)
         PolicyReloader(reactor, sockets, load).setServiceParent(top)
         return top
-    frontend = UnixFrontendService(reactor, options["socket"], sockets, workers)
+    frontend = UnixFrontendService(reactor, options["socket"], sockets, workers, inherited)
     frontend.setServiceParent(top)
     supervisor = WorkerSupervisor(
         reactor, count, lambda k: _worker_arguments(options, k), frontend.fileno, workers.receive
     )
     workers.send = supervisor.route
     supervisor.setServiceParent(top)
-    PolicyReloader(reactor, sockets, load, lambda: supervisor.signal_all(signal.SIGHUP)).setServiceParent(top)
+    PolicyReloader(
+        reactor, sockets, load, lambda: supervisor.signal_all(signal.SIGHUP), notifier
+    ).setServiceParent(top)
+    _serve_metrics(reactor, options, sockets, workers, top)
     return top
+
+
+def _serve_metrics(
+    reactor, options: Options, sockets: SocketService, workers: CrossWorker | None, top: MultiService
+) -> None:
+    """
+    With C{--metrics}, serve C{/metrics} from the main process.
+    """
+    if options["metrics"] is None:
+        return
+    from ssa.metricsweb import metrics_service
+
+    metrics_service(reactor, options["metrics"], lambda: status.gather(sockets, workers, None)).setServiceParent(top)
 
 
 def _worker_arguments(options: Options, index: int) -> list[str]:
@@ -276,7 +379,7 @@ def _worker_arguments(options: Options, index: int) -> list[str]:
     process's options, and where its inherited descriptors are. It logs
     to its standard output, which the main process reads.
     """
-    arguments = ["-m", "twisted", "--log-format", "text", "ssa", "--socket", options["socket"]]
+    arguments = ["-m", "twisted", "--log-format", options["log-format"], "ssa", "--socket", options["socket"]]
     for name in ("config", "backend", "connect-timeout", "handshake-timeout"):
         if options[name] is not None:
             value = options[name]

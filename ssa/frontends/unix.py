@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .. import wire
+from .. import status, wire
 from ..connector import INTERNAL_ERROR
 from ..errors import SSAError
 from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
@@ -261,7 +261,7 @@ class ControlProtocol(Protocol):
                 raise SSAError(errno.EINVAL, f"unknown operation {frame.op}")
             if frame.nfds:
                 raise SSAError(errno.EINVAL, "requests carry no descriptors in wire version 1")
-            if frame.op not in (Op.SOCKET, Op.ACCEPT) and frame.socket_id not in self.sockets:
+            if frame.op not in (Op.SOCKET, Op.ACCEPT, Op.STATUS) and frame.socket_id not in self.sockets:
                 raise SSAError(
                     errno.EBADF,
                     f"socket {frame.socket_id:#x} is not known to the daemon on this connection",
@@ -368,6 +368,30 @@ class ControlProtocol(Protocol):
             self.workers.replay.forget(frame.socket_id)
         self._reply(frame, 0)
 
+    def _status(self, frame: Frame) -> None:
+        """
+        The daemon's live sockets and counters, over every worker: root
+        sees every socket, another user only its own (as the kernel says
+        who sent the request).
+        """
+        requester = self._requester()  # who sent this request, not who opened the connection
+        uid = None if requester.uid == 0 else requester.uid
+        count = 1 if self.workers is None else self.workers.count
+        done = status.gather(self.service, self.workers, uid)
+        self._waiting.add(done)
+
+        def answer(reports: list[dict]) -> None:
+            self._waiting.discard(done)
+            self._reply(frame, 0, status.encode(status.combine(reports, count)))
+
+        def failed(failure: Failure) -> None:
+            self._waiting.discard(done)
+            if not failure.check(CancelledError):
+                log.failure("internal error gathering the status for {peer}", failure, peer=self._who())
+                self._reply(frame, errno.ECANCELED, INTERNAL_ERROR.encode())
+
+        done.addCallbacks(answer, failed)
+
     # Output
 
     def _reply(self, frame: Frame, err: int, payload: bytes = b"") -> None:
@@ -408,6 +432,7 @@ _HANDLERS = {
     Op.LISTEN: ControlProtocol._listen,
     Op.ACCEPT: ControlProtocol._accept,
     Op.CLOSE: ControlProtocol._close,
+    Op.STATUS: ControlProtocol._status,
 }
 
 
