@@ -30,8 +30,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import descriptors
-from .errors import TLSFailure, TLSTruncated
 from .edge import watcher_for
+from .errors import TLSFailure, TLSTruncated
 from .interfaces import ITLSEngine
 
 log = Logger()

@@ -60,7 +60,7 @@ class EdgeWatcher:
         """
         return self._epoll.fileno()
 
-    def doRead(self) -> None:  # noqa: N802 (Twisted's name)
+    def doRead(self) -> None:
         """
         Run the callback of every descriptor that had an edge.
         """
@@ -69,12 +69,12 @@ class EdgeWatcher:
             if callback is not None:
                 callback()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
+    def connectionLost(self, reason: Failure) -> None:
         """
         The reactor stopped watching (it is shutting down).
         """
 
-    def logPrefix(self) -> str:  # noqa: N802 (Twisted's name)
+    def logPrefix(self) -> str:
         """
         How the reactor names this in its log.
         """

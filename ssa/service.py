@@ -32,9 +32,9 @@ from .policy import Policy
 from .profiles import PolicySet
 from .sessions import SessionCache, session_key
 from .sockets import TLSSocket, check_socket_args
-from .twisted_internals import TakeoverError, take_socket
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
+from .twisted_internals import TakeoverError, take_socket
 
 log = Logger()
 

@@ -97,7 +97,7 @@ class CredentialServer(unix.Server):
     credentials to the protocol first (an L{ICredentialReceiver}).
     """
 
-    def doRead(self):  # noqa: N802 (Twisted's name)
+    def doRead(self):
         """
         Read once: credentials, then the bytes; descriptors are closed
         (no request carries any).
@@ -141,7 +141,7 @@ class CredentialPort(unix.Port):
 
     transport = CredentialServer
 
-    def createInternetSocket(self):  # noqa: N802 (Twisted's name)
+    def createInternetSocket(self):
         """
         The listening socket, with C{SO_PASSCRED} before any client connects.
         """

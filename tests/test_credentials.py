@@ -22,10 +22,11 @@ import sys
 import tempfile
 import traceback
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from ssa import wire
 from ssa.constants import IPPROTO_TLS, TLS_VERSION_MIN
 from ssa.testing.daemon import DaemonProcess
-from twisted.trial.unittest import SynchronousTestCase
 
 NOBODY = 65534
 

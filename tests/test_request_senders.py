@@ -34,19 +34,19 @@ class StubTransport:
         self.fds: list[int] = []
         self.closed = False
 
-    def getHandle(self) -> socket.socket:  # noqa: N802
+    def getHandle(self) -> socket.socket:
         return self.handle
 
     def write(self, data: bytes) -> None:
         self.written += data
 
-    def doWrite(self) -> None:  # noqa: N802
+    def doWrite(self) -> None:
         pass
 
-    def sendFileDescriptor(self, fd: int) -> None:  # noqa: N802
+    def sendFileDescriptor(self, fd: int) -> None:
         self.fds.append(fd)
 
-    def loseConnection(self) -> None:  # noqa: N802
+    def loseConnection(self) -> None:
         self.closed = True
 
 

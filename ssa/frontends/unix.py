@@ -30,8 +30,8 @@ from zope.interface import implementer
 from .. import status, wire
 from ..connector import INTERNAL_ERROR
 from ..errors import SSAError
-from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
 from ..limits import EXTRA_CONNECTIONS, RequestBudget, user_socket_bound
+from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
 from ..service import SocketService, descriptor_limit
 from ..wire import Frame, FrameDecoder, FramingError, Op
 
@@ -93,7 +93,7 @@ class ControlProtocol(Protocol):
         try:
             self.peer = peer_identity(self.transport.getHandle())
         except OSError as e:
-            log.warn("cannot read the peer's credentials ({error}); closing", error=e)
+            log.warning("cannot read the peer's credentials ({error}); closing", error=e)
             self.transport.loseConnection()
             return
         policy = self.service.policies.for_peer(self.peer)
