@@ -6,7 +6,6 @@ program use it (C{ssa run}).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
