@@ -996,6 +996,8 @@ static int read_directory(const char *path, struct bytes *out)
             append(out, file.data, file.len);
             if (file.data[file.len - 1] != '\n')
                 append(out, "\n", 1);
+        } else if (file.len && file.data[0] == 0x30) {
+            der_to_pem(&file, "CERTIFICATE", out);  /* DER, as the original read */
         }
         free(file.data);
     }
@@ -1009,7 +1011,7 @@ static int read_directory(const char *path, struct bytes *out)
 /*
  * The value of option 87/88/89 to send: inline PEM as it is, else a path
  * read here with the program's own permissions (a file, PEM or DER, or a
- * directory of PEM files). -1 with EINVAL (EBADF for the key) if unreadable.
+ * directory of PEM or DER certificate files). -1 with EINVAL (EBADF for the key) if unreadable.
  */
 static int pem_value(int name, const void *value, socklen_t len, struct bytes *out)
 {
@@ -1032,10 +1034,11 @@ static int pem_value(int name, const void *value, socklen_t len, struct bytes *o
     else if (S_ISDIR(st.st_mode))
         rc = read_directory(path, out) < 0 || out->len == 0 ? -1 : 0;
     else if ((rc = read_file(path, &file)) == 0) {
-        if (is_pem(&file) || file.len == 0 || file.data[0] != 0x30)
+        /* the daemon reads DER keys itself; DER certificates become PEM */
+        if (is_pem(&file) || name == TLS_PRIVATE_KEY || file.len == 0 || file.data[0] != 0x30)
             rc = append(out, file.data, file.len);
         else
-            rc = der_to_pem(&file, name == TLS_PRIVATE_KEY ? "PRIVATE KEY" : "CERTIFICATE", out);
+            rc = der_to_pem(&file, "CERTIFICATE", out);
     }
     free(file.data);
     if (rc < 0)
