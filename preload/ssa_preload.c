@@ -18,6 +18,7 @@
  * Across exec the table travels in the environment (SSA_PRELOAD_STATE).
  */
 #define _GNU_SOURCE
+#include <alloca.h>
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <dlfcn.h>
@@ -1364,6 +1365,42 @@ int execv(const char *path, char *const argv[])
 int execvp(const char *file, char *const argv[])
 {
     return execvpe(file, argv, environ);
+}
+
+/* execl, execlp, execle: their argument lists as arrays, through the above. */
+#define COLLECT_ARGS(first, last_arg)                                         \
+    va_list ap;                                                               \
+    size_t n = 0;                                                             \
+    va_start(ap, first);                                                      \
+    if (first)                                                                \
+        for (n = 1; va_arg(ap, char *); n++)                                  \
+            ;                                                                 \
+    va_end(ap);                                                               \
+    char **args = alloca((n + 1) * sizeof *args);                             \
+    va_start(ap, first);                                                      \
+    args[0] = (char *)(first);                                                \
+    for (size_t i = 1; i <= n; i++)                                           \
+        args[i] = va_arg(ap, char *);                                         \
+    last_arg;                                                                 \
+    va_end(ap)
+
+int execl(const char *path, const char *arg, ...)
+{
+    COLLECT_ARGS(arg, (void)0);
+    return execve(path, args, environ);
+}
+
+int execlp(const char *file, const char *arg, ...)
+{
+    COLLECT_ARGS(arg, (void)0);
+    return execvpe(file, args, environ);
+}
+
+int execle(const char *path, const char *arg, ...)
+{
+    char **envp;
+    COLLECT_ARGS(arg, envp = va_arg(ap, char **));
+    return execve(path, args, envp);
 }
 
 static socklen_t decode_hex(const char *p, const char *end, struct sockaddr_storage *out)

@@ -118,8 +118,8 @@ class CProgramTests(PreloadTestCase):
 
     def test_exec(self) -> None:
         """
-        A socket (and its dup) survive exec, with its id, peer and data; a
-        SOCK_CLOEXEC one does not.
+        A socket (and its dup) survive exec (execv in a forked child, then
+        execl), with its id, peer and data; a SOCK_CLOEXEC one does not.
         """
         self.check("exec")
 

@@ -276,10 +276,17 @@ static void mode_exec(void)
     snprintf(id_text, sizeof id_text, "%llu", (unsigned long long)id);
     char port_text[16];
     snprintf(port_text, sizeof port_text, "%d", port);
-    char *argv[] = {(char *)self_path, "exec-child", port_text, (char *)ca, fd_text, id_text,
-                    hidden_text, copy_text, NULL};
-    execv(self_path, argv);
-    CHECK(0, "execv");
+    if (fork() == 0) {  /* execv in a child, execl here */
+        char *argv[] = {(char *)self_path, "exec-child", port_text, (char *)ca, fd_text, id_text,
+                        hidden_text, copy_text, NULL};
+        execv(self_path, argv);
+        CHECK(0, "execv");
+    }
+    int status;
+    CHECK(wait(&status) > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec-child by execv");
+    execl(self_path, self_path, "exec-child", port_text, ca, fd_text, id_text, hidden_text,
+          copy_text, (char *)NULL);
+    CHECK(0, "execl");
 }
 
 static void mode_exec_child(char **args)
