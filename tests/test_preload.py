@@ -127,7 +127,9 @@ class CProgramTests(PreloadTestCase):
         """
         dup, dup2, dup3, F_DUPFD and F_DUPFD_CLOEXEC give the same socket,
         which lives until its last copy is closed; socket() takes the
-        lowest free descriptor number.
+        lowest free descriptor number; the control connection's descriptor
+        cannot be closed by the program, and dup2() onto its number moves
+        it away.
         """
         self.check("dup")
 

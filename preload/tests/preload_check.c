@@ -337,6 +337,24 @@ static void mode_dup(void)
     close(a);
     CHECK(getsockopt(60, IPPROTO_TLS, TLS_ID, &id, &(socklen_t){8}) == -1 && errno == EBADF,
           "closed");
+    /* the control connection's descriptor (kept at 256 or above) is invisible */
+    int s = connected_socket();
+    id = socket_id(s);
+    int hidden = -1, domain;
+    for (int n = 256; n < 65536 && hidden < 0; n++)
+        if (fcntl(n, F_GETFD) >= 0 && getsockopt(n, SOL_SOCKET, SO_DOMAIN, &domain,
+                                                 &(socklen_t){sizeof domain}) == 0
+            && domain == AF_UNIX)
+            hidden = n;
+    CHECK(hidden > s, "a control descriptor above the program's");
+    CHECK(close(hidden) == -1 && errno == EBADF, "close() of the control descriptor is EBADF");
+    int probe2 = open("/dev/null", O_RDONLY);
+    CHECK(dup2(probe2, hidden) == hidden, "dup2 onto the control descriptor's number");
+    close(probe2);
+    CHECK(socket_id(s) == id, "the socket still works: its control connection moved");
+    echo(s, "after dup2 over its control descriptor");
+    close(hidden);
+    close(s);
 }
 
 /* ---- threads ---- */
