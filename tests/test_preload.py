@@ -143,7 +143,8 @@ class CProgramTests(PreloadTestCase):
     def test_server(self) -> None:
         """
         bind, SO_REUSEADDR, listen, getsockname, nonblocking accept (EAGAIN),
-        accept4 with SOCK_CLOEXEC, and data both ways; certificate and key
+        a blocking accept interrupted by a signal (EINTR, the listener goes
+        on), accept4 with SOCK_CLOEXEC, and data both ways; certificate and key
         read from paths, an unreadable key path is EBADF.
         """
         files = self.server_key.write(self.tmp, "own")

@@ -385,6 +385,17 @@ static void mode_threads(int count)
 
 /* ---- server: bind, listen, accept ---- */
 
+/* Signal the main thread until it says it saw EINTR. */
+static void *interrupter(void *arg)
+{
+    (void)arg;
+    while (!interrupted) {
+        pthread_kill(main_thread, SIGUSR1);
+        poll(NULL, 0, 10);  /* resend until main answers: it may not wait yet */
+    }
+    return NULL;
+}
+
 static void mode_server(const char *chain, const char *key)
 {
     int listener = socket(AF_INET, SOCK_STREAM, IPPROTO_TLS);
@@ -407,6 +418,16 @@ static void mode_server(const char *chain, const char *key)
     fcntl(listener, F_SETFL, flags | O_NONBLOCK);
     CHECK(accept(listener, NULL, NULL) == -1 && errno == EAGAIN, "nonblocking accept, none ready");
     fcntl(listener, F_SETFL, flags);
+    /* a signal during a blocking accept: EINTR, and the listener goes on */
+    struct sigaction sa = {.sa_handler = on_signal};  /* no SA_RESTART */
+    sigaction(SIGUSR1, &sa, NULL);
+    main_thread = pthread_self();
+    interrupted = 0;
+    pthread_t t;
+    pthread_create(&t, NULL, interrupter, NULL);
+    CHECK(accept(listener, NULL, NULL) == -1 && errno == EINTR, "blocking accept interrupted");
+    interrupted = 1;
+    pthread_join(t, NULL);
     int client = tls_socket(SOCK_STREAM | SOCK_NONBLOCK);
     CHECK(connect(client, (struct sockaddr *)&a, sizeof a) == -1 && errno == EINPROGRESS,
           "connect to ourselves");
