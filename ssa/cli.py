@@ -429,3 +429,50 @@ def run_status(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ssa run
+
+
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--print-path", action="store_true",
+        help="print the preload library's path (for setting LD_PRELOAD yourself) and exit",
+    )
+    parser.add_argument("--socket", help="the daemon's control socket (sets SSA_SOCKET)")
+    parser.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+
+
+@command(
+    "run",
+    "run a program with the SSA preload library (its IPPROTO_TLS sockets use the daemon)",
+    "Run COMMAND with libssa-preload.so in LD_PRELOAD, like torsocks: every "
+    "socket(..., IPPROTO_TLS) of a dynamically linked program, and every later call "
+    "on it, goes through the SSA daemon. SSA_SOCKET is kept (or set by --socket).",
+    _run_arguments,
+)
+def run_program(args: argparse.Namespace) -> int:
+    """
+    Exec the command with the preload library, or print its path.
+    """
+    from ssa import preload
+
+    try:
+        library = preload.library_path()
+    except FileNotFoundError as e:
+        print(f"ssa run: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.print_path:
+        print(library)
+        return EXIT_OK
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        print("ssa run: no command given (ssa run -- COMMAND [ARGS...])", file=sys.stderr)
+        return EXIT_USAGE
+    env = preload.preload_environment(os.environ, library, args.socket)
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as e:
+        print(f"ssa run: cannot run {argv[0]}: {e.strerror}", file=sys.stderr)
+        return 127 if e.errno == errno.ENOENT else 126
+    return EXIT_FAILURE  # not reached

@@ -240,6 +240,9 @@ class TLSSocket:
 
         @return: the C{(host, port)} to bind.
         """
+        if self.state in (S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.LISTENING):
+            # as TCP and the original (SPEC section 3): the address is taken
+            raise self.fail(errno.EINVAL, f"bind: the socket is already {self.state.value.lower()}")
         self._check_state(frozenset({S.NEW}), "bind")
         if self.bound_address is not None:
             raise self.fail(errno.EINVAL, f"bind: the socket is already bound to {self.bound_address}")

@@ -38,6 +38,7 @@ class PackagingTests(SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(target, "tests")))
         self.assertTrue(os.path.isfile(os.path.join(target, "ssa", "backends", "openssl.py")))
         self.assertTrue(os.path.isfile(os.path.join(target, "ssa", "tap", "daemon.py")))
+        self.assertTrue(os.path.isfile(os.path.join(target, "ssa", "libssa-preload.so")))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env["PYTHONPATH"] = target
         code = (

@@ -178,13 +178,15 @@ class BindTests(SynchronousTestCase):
 
     def test_bind(self) -> None:
         """
-        NEW and unbound binds; twice → EINVAL; after connect EOPNOTSUPP.
+        NEW and unbound binds; twice, connecting, connected or listening →
+        EINVAL (SPEC section 3, as TCP).
         """
         sock = make_socket()
         self.assertEqual(sock.check_bind(ADDRESS), ("127.0.0.1", 443))
         sock.bound("127.0.0.1", 443)
         raises(self, errno.EINVAL, sock.check_bind, ADDRESS)
-        raises(self, errno.EOPNOTSUPP, make_socket(S.CONNECTED).check_bind, ADDRESS)
+        for state in (S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.LISTENING):
+            raises(self, errno.EINVAL, make_socket(state).check_bind, ADDRESS)
         raises(self, errno.EBADFD, make_socket(S.ERROR).check_bind, ADDRESS)
 
     def test_listen(self) -> None:
