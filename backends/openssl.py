@@ -495,6 +495,9 @@ class OpenSSLEngine:
         except SSL.Error as e:
             raise self._failure(e, "handshake failed") from e
         self._handshake_done = True
+        # Held (not just its address): a freed session's memory could hold
+        # the session of a later ticket and look like no ticket came.
+        self._handshake_session = self._connection.get_session()
         return True
 
     def read(self) -> bytes:
@@ -585,7 +588,17 @@ class OpenSSLEngine:
         The connection's session, for a later engine; see
         L{ITLSEngine.session}.
         """
-        return self._connection.get_session()
+        connection = self._connection
+        first = getattr(self, "_handshake_session", None)
+        if (
+            first is not None
+            and connection.get_protocol_version_name() == "TLSv1.3"
+            and _lib.SSL_get_session(connection._ssl) == first._session
+        ):
+            # No NewSessionTicket read yet (it replaces the session): the
+            # handshake's TLS 1.3 session cannot be resumed.
+            return None
+        return connection.get_session()
 
     def _alpn(self) -> str | None:
         """
@@ -684,3 +697,4 @@ class OpenSSLBackend:
         @raise TLSFailure: the credentials are unusable.
         """
         return OpenSSLServerEngine(self.context_for(config), config)
+

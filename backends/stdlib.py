@@ -684,7 +684,10 @@ class StdlibEngine:
         The connection's session, for a later engine; see
         L{ITLSEngine.session}.
         """
-        return self._object.session
+        session = self._object.session
+        if session is not None and self._object.version() == "TLSv1.3" and not session.has_ticket:
+            return None  # no NewSessionTicket read yet: nothing to resume
+        return session
 
     def _peer_chain(self) -> tuple[x509.Certificate, ...]:
         """

@@ -68,6 +68,7 @@ struct ssa_sock {
     uint64_t id;
     int family;
     int connected;              /* connect attempted, or accepted */
+    int shared;                 /* another process may hold it too (fork) */
     int reuse[2];               /* SO_REUSEADDR, SO_REUSEPORT */
     pthread_mutex_t lock;       /* one request at a time on ctl */
     uint32_t tag;
@@ -163,7 +164,15 @@ static void free_sock(struct ssa_sock *s)
     free(s);
 }
 
-/* Drop one reference; the last closes the control connection. */
+static void post_close(struct ssa_sock *s);
+
+/*
+ * Drop one reference; the last closes the control connection. A socket no
+ * other process can hold is closed with CLOSE first: the daemon takes a
+ * connection that ends without it for the program's death and resets the
+ * peer (docs/protocol.md, "Ends"). After fork another process may still
+ * use it, so only the connection's end is left to the daemon.
+ */
 static void release(struct ssa_sock *s)
 {
     pthread_mutex_lock(&table_lock);
@@ -171,8 +180,11 @@ static void release(struct ssa_sock *s)
     if (left == 0)
         live--;
     pthread_mutex_unlock(&table_lock);
-    if (left == 0)
+    if (left == 0) {
+        if (!s->shared && s->id)
+            post_close(s);
         free_sock(s);
+    }
 }
 
 /* The socket behind fd, held (release() it), or NULL. */
@@ -307,6 +319,21 @@ static void put_u64(unsigned char *p, uint64_t v) { put_u32(p, v >> 32); put_u32
 static uint16_t get_u16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t get_u32(const unsigned char *p) { return (uint32_t)get_u16(p) << 16 | get_u16(p + 2); }
 static uint64_t get_u64(const unsigned char *p) { return (uint64_t)get_u32(p) << 32 | get_u32(p + 4); }
+
+static int send_all(int fd, const unsigned char *data, size_t len);
+
+/* Send CLOSE without waiting for its reply (the connection closes next). */
+static void post_close(struct ssa_sock *s)
+{
+    unsigned char frame[20];
+    put_u32(frame, sizeof frame - 4);
+    frame[4] = 1;                       /* version */
+    frame[5] = OP_CLOSE;
+    put_u16(frame + 6, 0);              /* no descriptors */
+    put_u32(frame + 8, ++s->tag);
+    put_u64(frame + 12, s->id);
+    send_all(s->ctl, frame, sizeof frame);
+}
 
 static int send_all(int fd, const unsigned char *data, size_t len)
 {
@@ -1255,7 +1282,20 @@ int fcntl64(int fd, int cmd, ...)
 /* ---- fork and exec ---- */
 
 static void before_fork(void) { pthread_mutex_lock(&table_lock); }
-static void after_fork_parent(void) { pthread_mutex_unlock(&table_lock); }
+
+/* Both processes now hold every socket (see release()). */
+static void mark_shared(void)
+{
+    for (int i = 0; i < table_size; i++)
+        if (table[i])
+            table[i]->shared = 1;
+}
+
+static void after_fork_parent(void)
+{
+    mark_shared();
+    pthread_mutex_unlock(&table_lock);
+}
 
 /* In the child: locks held by other threads of the parent are dead. */
 static void after_fork_child(void)
@@ -1264,6 +1304,7 @@ static void after_fork_child(void)
     for (int i = 0; i < table_size; i++)
         if (table[i])
             pthread_mutex_init(&table[i]->lock, NULL);
+    mark_shared();
 }
 
 /*
@@ -1298,7 +1339,7 @@ static char **exec_environment(char *const envp[])
         set_cloexec(s->ctl, 0);
         char item[128];
         int n = snprintf(item, sizeof item, "%d,%d,%llu,%d,%d,", fd, s->ctl,
-                         (unsigned long long)s->id, s->family, s->connected);
+                         (unsigned long long)s->id, s->family, s->connected | s->shared << 1);
         append(&state, item, n);
         const unsigned char *a[2] = {(void *)&s->local, (void *)&s->peer};
         socklen_t alen[2] = {s->local_len, s->peer_len};
@@ -1451,7 +1492,8 @@ static void restore_state(void)
         if (!(s = new_sock(ctl, family)))
             continue;
         s->id = id;
-        s->connected = connected;
+        s->connected = connected & 1;
+        s->shared = connected >> 1 & 1;
         char *fields[2] = {NULL, NULL}, *p = item;
         for (int commas = 0; *p; p++)
             if (*p == ',' && ++commas >= 5 && commas <= 6)
