@@ -29,7 +29,7 @@ from typing import Callable
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
-from OpenSSL.crypto import X509
+from OpenSSL.crypto import X509, X509StoreFlags
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
@@ -253,6 +253,10 @@ def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
     # An idle connection gives its read and write buffers back (about
     # 34 KiB each); the daemon holds many idle connections.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # OpenSSL's strict X.509 checks, as the stdlib backend sets them.
+    store = context.get_cert_store()
+    if store is not None:
+        store.set_flags(X509StoreFlags.X509_STRICT)
     return context
 
 

@@ -186,6 +186,8 @@ def _new_context(protocol: int, config: AnyTLSConfig) -> ssl.SSLContext:
     if max_version >= TLS_1_3:
         _check_tls13_suites(config.tls13_ciphers)
     context.options |= ssl.OP_NO_COMPRESSION
+    # OpenSSL's strict X.509 checks, as the OpenSSL backend sets them.
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
     return context
 
 
