@@ -34,6 +34,7 @@ from .errors import TLSFailure
 from .identity import certificate_subject
 from .options import is_ip_literal
 from .tlsconfig import ClientTLSConfig, ServerTLSConfig
+from .webpki_rules import path_rule_failure
 
 WEBPKI = "webpki"
 RFC5280 = "rfc5280"
@@ -96,10 +97,10 @@ def _digest(certificates: Sequence[x509.Certificate]) -> bytes:
 
 
 @functools.lru_cache(maxsize=STORES)
-def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store | None, int]:
+def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store | None]:
     """
-    The anchors' digest, a C{Store} of them (L{None} if there are none)
-    and how many there are, for C{pem} plus the system store if C{system}.
+    The anchors' digest and a C{Store} of them (L{None} if there are
+    none), for C{pem} plus the system store if C{system}.
 
     @raise TLSFailure: C{pem} is not valid PEM.
     """
@@ -110,7 +111,7 @@ def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store
         except ValueError as e:
             raise TLSFailure(f"the trusted certificates are not valid PEM ({e})") from e
     store = verification.Store(certificates) if certificates else None
-    return _digest(certificates), store, len(certificates)
+    return _digest(certificates), store
 
 
 class PathValidator:
@@ -162,7 +163,7 @@ class PathValidator:
             raise TLSFailure("the peer sent no certificate to verify")
         if mode == RFC5280 and not system_store:
             return
-        digest, store, count = _anchors(anchors_pem, system_store)
+        digest, store = _anchors(anchors_pem, system_store)
         now = _now()
         key = (_digest(chain), digest, name, server, max_depth, int(now.timestamp()) // TIME_BUCKET)
         verdicts = self._verdicts
@@ -198,9 +199,10 @@ def _validate(
     try:
         builder = verification.PolicyBuilder().store(store).time(now).max_chain_depth(max(0, min(max_depth, 255)))
         if server or name is None:
-            builder.build_client_verifier().verify(leaf, intermediates)
+            path = builder.build_client_verifier().verify(leaf, intermediates).chain
         else:
-            builder.build_server_verifier(_subject(name)).verify(leaf, intermediates)
+            path = builder.build_server_verifier(_subject(name)).verify(leaf, intermediates)
+        broken = path_rule_failure(path, server_leaf=not server and name is not None)
     except verification.VerificationError as e:
         return TLSFailure(f"{whose} verification failed: {_rule(str(e), chain)}")
     except Exception as e:  # unsupported key types, unparsable extensions, bad names
@@ -208,6 +210,8 @@ def _validate(
             f"{whose} verification failed: the path builder cannot check it"
             f" ({type(e).__name__}: {e}) (depth 0, subject {subject})"
         )
+    if broken is not None:
+        return TLSFailure(f"{whose} verification failed: {broken}")
     return None
 
 
@@ -230,8 +234,7 @@ def _rule(message: str, chain: Sequence[x509.Certificate]) -> str:
     """
     rule = message.strip()
     for prefix in ("validation failed: ", "candidates exhausted: "):
-        if rule.startswith(prefix):
-            rule = rule[len(prefix):]
+        rule = rule.removeprefix(prefix)
     if rule.startswith("Other(") and rule.endswith(")"):
         rule = rule[6:-1].strip('"')
     for depth, certificate in enumerate(chain):
