@@ -22,6 +22,7 @@ import ipaddress
 import os
 import ssl
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -75,7 +76,9 @@ def system_anchors() -> tuple[x509.Certificate, ...]:
     seen: dict[bytes, x509.Certificate] = {}
     for path in files:
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb") as f, warnings.catch_warnings():
+                # Some system roots have serial number 0: still anchors.
+                warnings.simplefilter("ignore")
                 certificates = x509.load_pem_x509_certificates(f.read())
         except (OSError, ValueError):
             continue
@@ -199,6 +202,8 @@ def _validate(
     try:
         builder = verification.PolicyBuilder().store(store).time(now).max_chain_depth(max(0, min(max_depth, 255)))
         if server or name is None:
+            builder = builder.extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                                 ee_policy=_CLIENT_LEAF_POLICY)
             path = builder.build_client_verifier().verify(leaf, intermediates).chain
         else:
             path = builder.build_server_verifier(_subject(name)).verify(leaf, intermediates)
@@ -213,6 +218,15 @@ def _validate(
     if broken is not None:
         return TLSFailure(f"{whose} verification failed: {broken}")
     return None
+
+
+# A client certificate need not name anything (TLS client authentication
+# identifies the certificate, not a name): subjectAltName, which the web-PKI
+# profile demands of every leaf, may be absent; every other web-PKI rule
+# for leaves stands.
+_CLIENT_LEAF_POLICY = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+)
 
 
 def _subject(name: str) -> verification.DNSName | verification.IPAddress:
