@@ -85,10 +85,25 @@ def _certificate(
             x509.BasicConstraints(ca=ca or issuer is None, path_length=None),
             critical=True,
         )
+        # Key identifiers: OpenSSL's strict X.509 checks demand them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)  # type: ignore[attr-defined]
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key((issuer[1] if issuer else key).public_key()),  # type: ignore[attr-defined]
+            critical=False,
+        )
     )
     if issuer is not None and not ca:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
         )
     signing_key = issuer[1] if issuer else key
     return builder.sign(signing_key, hashes.SHA256()), key  # type: ignore[arg-type]

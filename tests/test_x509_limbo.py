@@ -164,7 +164,7 @@ def play_server_case(case: dict, daemon: DaemonProcess) -> Outcome:
                     sock.setsockopt(TLS, client.TLS_HOSTNAME, name["value"])
                 try:
                     sock.connect(listener.getsockname()[:2])
-                except socket.timeout:
+                except TimeoutError:
                     return Outcome("ERROR", "connect() hung")
                 except OSError as e:
                     return _judged(e, _error_reason(sock, e))
@@ -220,7 +220,7 @@ def play_client_case(case: dict, daemon: DaemonProcess, own: bytes, own_key: byt
             while True:
                 try:
                     conn, _ = server.accept()
-                except (socket.timeout, BlockingIOError):
+                except (TimeoutError, BlockingIOError):
                     if thread.is_alive():
                         continue
                     thread.join()
@@ -240,7 +240,7 @@ def _client_once(address: tuple, context: ssl.SSLContext, said: list[bytes]) -> 
         with socket.create_connection(address, timeout=PATIENCE) as raw:
             with context.wrap_socket(raw) as tls:
                 said.append(tls.recv(2))
-    except socket.timeout:
+    except TimeoutError:
         said.append(b"hang")
     except (OSError, ssl.SSLError):
         said.append(b"")
