@@ -145,7 +145,7 @@ class ConnectAttempt(ClientFactory):
 
     def _check_session(self, info: TLSSessionInfo) -> None:
         verify_identity(info.peer_certificate, self._plan.verify_name)
-        check_server_chain(self._plan.config, self._plan.verify_name, info.peer_chain)
+        check_server_chain(self._plan.config, self._plan.verify_name, info)
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """

@@ -151,7 +151,7 @@ class Listener(Factory):
             log.failure("the {backend} backend could not make a server engine", backend=self.backend.name)
             return None
         config = self.config
-        pending.protocol = TLSStreamProtocol(engine, pending, lambda info: check_client_chain(config, info.peer_chain))
+        pending.protocol = TLSStreamProtocol(engine, pending, lambda info: check_client_chain(config, info))
         pending.timer = self.reactor.callLater(self.handshake_timeout, pending.timed_out)
         self.handshaking.add(pending)
         if len(self.handshaking) + len(self.ready) >= self.backlog and not self._paused:

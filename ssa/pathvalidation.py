@@ -34,7 +34,7 @@ from cryptography.x509 import verification
 from .errors import TLSFailure
 from .identity import certificate_subject
 from .options import is_ip_literal
-from .tlsconfig import ClientTLSConfig, ServerTLSConfig
+from .tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo
 from .webpki_rules import path_rule_failure
 
 WEBPKI = "webpki"
@@ -268,30 +268,38 @@ VALIDATOR = PathValidator()
 """The daemon's one validator, whose cache every connection shares."""
 
 
-def check_server_chain(config: ClientTLSConfig, name: str, chain: Sequence[x509.Certificate]) -> None:
+def check_server_chain(config: ClientTLSConfig, name: str, info: TLSSessionInfo) -> None:
     """
-    The client role: validate the server's C{chain} for C{name} under
+    The client role: validate the server's chain for C{name} under
     C{config} (its anchors, depth and C{path_validation}) with L{VALIDATOR}.
+
+    A resumed session is not checked again: its chain was checked when it
+    was made, under the same configuration and name (the daemon's session
+    cache is keyed by them), and a resumption need not carry the chain.
 
     @raise TLSFailure: it is refused.
     """
+    if info.resumed:
+        return
     VALIDATOR.check(
-        chain, anchors_pem=config.trust_anchors, system_store=config.use_system_store,
+        info.peer_chain, anchors_pem=config.trust_anchors, system_store=config.use_system_store,
         name=name, max_depth=config.verify_depth, mode=config.path_validation,
     )
 
 
-def check_client_chain(config: ServerTLSConfig, chain: Sequence[x509.Certificate]) -> None:
+def check_client_chain(config: ServerTLSConfig, info: TLSSessionInfo) -> None:
     """
-    The server role: validate a client's C{chain} under C{config} with
+    The server role: validate a client's chain under C{config} with
     L{VALIDATOR}, when C{config} requires a client certificate (without
-    one, any chain a client volunteers is not checked, as by the library).
+    one, any chain a client volunteers is not checked, as by the library),
+    unless the session is resumed (checked when it was made, under the same
+    configuration: servers keep sessions per configuration).
 
     @raise TLSFailure: it is refused.
     """
-    if not config.require_client_certificate:
+    if not config.require_client_certificate or info.resumed:
         return
     VALIDATOR.check(
-        chain, anchors_pem=config.client_anchors, system_store=config.client_anchors is None,
+        info.peer_chain, anchors_pem=config.client_anchors, system_store=config.client_anchors is None,
         name=None, max_depth=config.verify_depth, mode=config.path_validation, server=True,
     )

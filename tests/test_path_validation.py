@@ -274,3 +274,35 @@ class RFC5280PolicyTests(_PolicyDaemon):
 
 
 for_each_backend(globals(), PathValidationEndToEndTests, RFC5280PolicyTests)
+
+
+class ResumptionThroughIntermediateTests(DaemonTestCase):
+    """
+    A resumed session through an intermediate CA is not refused for want
+    of the chain (a resumption need not carry it): its path was validated
+    when the session was made.
+    """
+
+    def test_resumed(self) -> None:
+        from ssa import constants as c
+        from ssa.testing.tls_server import StdlibTLSServer, echo_handler
+
+        leaf = self.ca.issue_intermediate().issue_server("localhost")
+        with StdlibTLSServer(leaf, echo_handler) as server:
+            resumed = []
+            for _ in range(3):
+                sock = self.trusting_socket()
+                sock.connect(("localhost", server.port))
+                sock.sendall(b"ping")
+                received = b""
+                while len(received) < 4:
+                    chunk = sock.recv(4 - len(received))
+                    self.assertTrue(chunk)
+                    received += chunk
+                resumed.append(sock.getsockopt(TLS, c.TLS_RESUMED_SESSION))
+                sock.close()
+        self.assertEqual(resumed[0], 0)
+        self.assertIn(1, resumed[1:])
+
+
+for_each_backend(globals(), ResumptionThroughIntermediateTests)
