@@ -876,5 +876,31 @@ class OpenSSLServerPeerTests(SynchronousTestCase):
         self.assertEqual(
             caught.exception.reason,
             "certificate verification failed: unable to get local issuer certificate"
-            " (depth unknown)",
+            " (depth 0, subject /C=US/O=SSA Tests/CN=localhost)",
         )
+
+
+class LocateVerifyErrorTests(SynchronousTestCase):
+    """
+    L{locate_verify_error} finds the certificate an OpenSSL verify error is
+    about in the chain the peer sent (pure logic).
+    """
+
+    def test_locate(self) -> None:
+        from ssa.backends.stdlib import locate_verify_error
+        from ssa.testing.certs import CertificateAuthority
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca = CertificateAuthority.create()
+        intermediate = ca.issue_intermediate(
+            not_before=now - datetime.timedelta(days=10), not_after=now - datetime.timedelta(days=1)
+        )
+        leaf = intermediate.issue_server("localhost")
+        chain = [leaf.cert, *leaf.chain]
+        self.assertEqual(len(chain), 2)
+        self.assertEqual(locate_verify_error(10, chain, now), 1)
+        self.assertIsNone(locate_verify_error(9, chain, now))
+        self.assertEqual(locate_verify_error(20, chain, now), 1)
+        self.assertEqual(locate_verify_error(20, chain[:1], now), 0)
+        self.assertEqual(locate_verify_error(19, [*chain, ca.cert], now), 2)
+        self.assertIsNone(locate_verify_error(24, chain, now))
