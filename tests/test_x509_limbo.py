@@ -257,6 +257,7 @@ class Tally:
     unlisted_rejects: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def add(self, case: dict, outcome: Outcome, deviations: dict[str, str]) -> None:
         category = case["id"].split("::", 1)[0]
@@ -266,6 +267,7 @@ class Tally:
             self.errors.append(f"{case_id}: {outcome.reason}")
         elif got == "UNSERVED":
             kind = "skipped (cannot be served)"
+            self.skipped.append(f"{case_id}: {outcome.reason}")
         elif "has-crl" in case.get("features", ()):
             kind = "waiting for crl-path"
         elif got == expected:
@@ -289,6 +291,8 @@ class Tally:
             total.update(counts)
             lines.append(f"  {category}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         lines.append("  all: " + ", ".join(f"{k} {v}" for k, v in sorted(total.items())))
+        for skipped in self.skipped:
+            lines.append(f"  skipped {skipped}")
         if self.fixed:
             lines.append("  listed as deviations but now agree: " + ", ".join(self.fixed))
         return "\n".join(lines)
