@@ -29,7 +29,7 @@ from typing import Callable
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
-from OpenSSL.crypto import X509
+from OpenSSL.crypto import X509, X509StoreFlags
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
@@ -55,6 +55,7 @@ from ssa.errors import TLSFailure
 from ssa.identity import check_readable, verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
 from ssa.options import is_ip_literal
+from ssa.pathvalidation import check_server_chain
 from ssa.tlsconfig import (
     ClientTLSConfig,
     Credential,
@@ -95,9 +96,10 @@ class _VerifyRecord:
         L{None}.
     """
 
-    __slots__ = ("failure", "leaf_checked", "refusal", "verify_name")
+    __slots__ = ("config", "failure", "leaf_checked", "refusal", "verify_name")
 
     def __init__(self, verify_name: str | None = None) -> None:
+        self.config: ClientTLSConfig | None = None
         self.failure: str | None = None
         self.verify_name = verify_name
         self.refusal: TLSFailure | None = None
@@ -158,8 +160,31 @@ def _verify_callback(
             )
         return False
     if depth == 0:
-        return record.accept_leaf(certificate)
+        return record.accept_leaf(certificate) and _accept_path(connection, record)
     return True
+
+
+def _accept_path(connection: SSL.Connection, record: _VerifyRecord) -> bool:
+    """
+    The daemon's own path validation (L{ssa.pathvalidation}) of a server's
+    chain, once OpenSSL and the identity check have accepted it: inside
+    the handshake, so that a refusal reaches the server as an alert
+    (internal_error: pyOpenSSL's verify callback cannot choose it). The
+    daemon core checks again after the handshake, whatever the backend (a
+    cached verdict then). The stdlib backend has no verify callback: its
+    refusals come after the handshake, without an alert.
+    """
+    if record.config is None or record.verify_name is None or record.refusal is not None:
+        return record.refusal is None
+    try:
+        chain = connection.get_peer_cert_chain(as_cryptography=True)
+        if chain:
+            check_server_chain(record.config, record.verify_name, TLSSessionInfo(0, "", tuple(chain)))
+    except TLSFailure as e:
+        record.refusal = e
+    except Exception:
+        pass  # no chain to read here: the check after the handshake decides
+    return record.refusal is None
 
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -253,6 +278,10 @@ def _new_context(method: int, config: AnyTLSConfig) -> SSL.Context:
     # An idle connection gives its read and write buffers back (about
     # 34 KiB each); the daemon holds many idle connections.
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    # OpenSSL's strict X.509 checks, as the stdlib backend sets them.
+    store = context.get_cert_store()
+    if store is not None:
+        store.set_flags(X509StoreFlags.X509_STRICT)
     return context
 
 
@@ -444,6 +473,8 @@ class OpenSSLEngine:
         self.peer_closed = False
         self._versions = _version_range(config)
         self._record = _VerifyRecord(verify_name)
+        if verify_name is not None and isinstance(config, ClientTLSConfig):
+            self._record.config = config
         self._handshake_done = False
         self._close_sent = False
         self._connection = SSL.Connection(context, None)

@@ -34,8 +34,13 @@ What Python's C{ssl} module cannot do, and what this backend does instead:
     C{session_info().peer_chain} holds the leaf only.
   - B{A failed certificate check names neither depth nor subject}
     (C{SSLCertVerificationError} has only the code and OpenSSL's message;
-    there is no verify callback): the reason says C{"(depth unknown)"}, or
-    C{"(depth 0)"} for the checks that can only fail on the leaf.
+    there is no verify callback): for the errors one certificate shows by
+    itself (expired, not yet valid, issuer not found, self-signed in the
+    chain) the engine finds it in the chain the peer sent
+    (L{locate_verify_error}) and names its depth and subject; otherwise
+    the reason says C{"(depth unknown)"}, or C{"(depth 0)"} for the checks
+    that can only fail on the leaf. A server does not get the client's
+    chain of a failed handshake: there it is always C{"(depth unknown)"}.
   - B{Keys must come from files} (C{load_cert_chain}): they are written to
     anonymous memory files (C{os.memfd_create}, Linux) and loaded from
     C{/proc/self/fd/N}, never to disk; the files are closed at once.
@@ -53,6 +58,7 @@ What Python's C{ssl} module cannot do, and what this backend does instead:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import os
 import re
@@ -186,6 +192,8 @@ def _new_context(protocol: int, config: AnyTLSConfig) -> ssl.SSLContext:
     if max_version >= TLS_1_3:
         _check_tls13_suites(config.tls13_ciphers)
     context.options |= ssl.OP_NO_COMPRESSION
+    # OpenSSL's strict X.509 checks, as the OpenSSL backend sets them.
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
     return context
 
 
@@ -431,6 +439,39 @@ def _certificate(item: object) -> x509.Certificate:
     return x509.load_pem_x509_certificate(item.public_bytes().encode("ascii"))  # type: ignore[attr-defined]
 
 
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED,
+# X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+# X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN.
+_NOT_YET_VALID, _EXPIRED, _NO_ISSUER, _NO_LOCAL_ISSUER, _SELF_SIGNED_IN_CHAIN = 9, 10, 2, 20, 19
+
+
+def locate_verify_error(code: int, chain: list[x509.Certificate], now: datetime.datetime) -> int | None:
+    """
+    The depth in C{chain} (as the peer sent it, leaf first) of the
+    certificate OpenSSL's verify error C{code} is about, for the errors a
+    certificate shows by itself: the first one expired or not yet valid at
+    C{now}; the end of the path from the leaf through the chain (whose
+    issuer was not found); the first self-signed one past the leaf.
+    L{None} for other errors, or when no certificate of C{chain} shows it.
+    """
+    if code in (_EXPIRED, _NOT_YET_VALID):
+        for depth, certificate in enumerate(chain):
+            if (certificate.not_valid_after_utc < now) if code == _EXPIRED else (certificate.not_valid_before_utc > now):
+                return depth
+        return None
+    if code in (_NO_ISSUER, _NO_LOCAL_ISSUER) and chain:
+        depth, rest = 0, list(chain[1:])
+        while True:
+            issuer = next((c for c in rest if c.subject == chain[depth].issuer), None)
+            if issuer is None or issuer.subject == issuer.issuer:
+                return depth
+            rest.remove(issuer)
+            depth = chain.index(issuer)
+    if code == _SELF_SIGNED_IN_CHAIN:
+        return next((d for d, c in enumerate(chain) if d and c.subject == c.issuer), None)
+    return None
+
+
 @implementer(ITLSEngine)
 class StdlibEngine:
     """
@@ -512,7 +553,7 @@ class StdlibEngine:
                 return self._mismatch(error)
             message = error.verify_message or raw_reason(error)
             message = _SAME_WORDS.get(message, message)
-            where = "depth 0" if error.verify_code in _LEAF_ONLY_CODES else "depth unknown"
+            where = "depth 0" if error.verify_code in _LEAF_ONLY_CODES else self._locate(error.verify_code)
             return verification_failed(f"{message} ({where})", server=self._server)
         return TLSFailure(
             describe_reason(
@@ -523,6 +564,23 @@ class StdlibEngine:
                 connection_ended=isinstance(error, (ssl.SSLEOFError, ssl.SSLSyscallError)),
             )
         )
+
+    def _locate(self, code: int) -> str:
+        """
+        Where in the chain the peer sent OpenSSL's verify error C{code}
+        most likely arose, as OpenSSL's verify callback would say it
+        (C{"depth 1, subject /CN=..."}), for the errors one certificate of
+        that chain shows by itself (L{locate_verify_error}); else
+        C{"depth unknown"}.
+        """
+        try:
+            chain = [_certificate(item) for item in _chain(self._object, "get_unverified_chain") or ()]
+            found = locate_verify_error(code, chain, datetime.datetime.now(datetime.timezone.utc))
+        except Exception:
+            found = None
+        if found is None:
+            return "depth unknown"
+        return f"depth {found}, subject {subject_line(chain[found]) or '(empty)'}"
 
     def _mismatch(self, error: ssl.SSLCertVerificationError) -> TLSFailure:
         """

@@ -188,7 +188,8 @@ class StunnelPath(Path_):
 
 
 class SSAPath(Path_):
-    def __init__(self, backend: str, peer: Peer, directory: str, workers: int = 1) -> None:
+    def __init__(self, backend: str, peer: Peer, directory: str, workers: int = 1,
+                 config: str | None = None) -> None:
         from ssa.testing.daemon import DaemonProcess
 
         self.name = f"ssa-{backend}"
@@ -196,6 +197,8 @@ class SSAPath(Path_):
         self.ca_pem = Path(peer.ca_path).read_text()
         self.backend = backend
         self.args = ["--backend", backend] + (["--workers", str(workers)] if workers > 1 else [])
+        if config is not None:
+            self.args += ["--config", config]
         self.daemon = DaemonProcess(self.args).start()
         self.pid = self.daemon.process.pid
 
@@ -453,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--paths", default="stdlib,stunnel,ssa-openssl,ssa-stdlib")
     ap.add_argument("--workers", type=int, default=1, help="worker processes of each ssa daemon")
+    ap.add_argument("--config", help="the ssa daemons' policy file (e.g. path-validation: rfc5280)")
     args = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -476,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             elif n == "stunnel":
                 paths[n] = StunnelPath(tunnel)
             elif n.startswith("ssa-"):
-                p = SSAPath(n[4:], peer, workdir, args.workers)
+                p = SSAPath(n[4:], peer, workdir, args.workers, args.config)
                 started.append(p)
                 paths[n] = p
             else:

@@ -20,6 +20,7 @@ from .errors import TLSFailure, TLSTruncated
 from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSStreamListener
 from .options import is_ip_literal
+from .pathvalidation import check_server_chain
 from .sockets import ConnectPlan
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
@@ -144,6 +145,7 @@ class ConnectAttempt(ClientFactory):
 
     def _check_session(self, info: TLSSessionInfo) -> None:
         verify_identity(info.peer_certificate, self._plan.verify_name)
+        check_server_chain(self._plan.config, self._plan.verify_name, info)
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from .errors import TLSFailure
 from .interfaces import IMetrics, ITLSBackend, ITLSStreamListener
 from .metrics import reason_class
+from .pathvalidation import check_client_chain
 from .tlsconfig import ServerTLSConfig, TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
 
@@ -153,7 +154,8 @@ class Listener(Factory):
         except Exception:
             log.failure("the {backend} backend could not make a server engine", backend=self.backend.name)
             return None
-        pending.protocol = TLSStreamProtocol(engine, pending, lambda info: None)
+        config = self.config
+        pending.protocol = TLSStreamProtocol(engine, pending, lambda info: check_client_chain(config, info))
         pending.timer = self.reactor.callLater(self.handshake_timeout, pending.timed_out)
         self.handshaking.add(pending)
         if len(self.handshaking) + len(self.ready) >= self.backlog and not self._paused:

@@ -37,6 +37,9 @@ class Policy:
     @ivar trust_anchors: PEM of C{trust-store-path}, or L{None} for the
         system store.
     @ivar verify_depth: C{cert-chain-depth}.
+    @ivar path_validation: C{path-validation}: C{webpki} (the daemon's own
+        web-PKI path validation after the TLS library's) or C{rfc5280} (for
+        private anchors only: the TLS library's RFC 5280 checks alone).
     @ivar app_trust_anchors: C{app-trust-anchors}: what an application's
         own anchors do: C{replace} the store, C{add} to it, or C{deny}.
     @ivar verify_ip_addresses: C{verify-ip-addresses}: whether a connect to
@@ -81,6 +84,7 @@ class Policy:
     tls13_ciphers: tuple[str, ...] = DEFAULT_TLS13_CIPHERS
     trust_anchors: bytes | None = None
     verify_depth: int = 10
+    path_validation: str = "webpki"
     app_trust_anchors: str = "replace"
     verify_ip_addresses: bool = True
     connect_timeout: float = 15.0
@@ -376,6 +380,7 @@ KEYS: tuple[Key, ...] = (
     Key("trust-store-path", "trust_store_path", _trust_store, _render_store,
         aliases=("trust-store-location", "ca-path", "CA-path")),
     Key("cert-chain-depth", "verify_depth", _integer(0, 100), aliases=("cert-verification-depth",)),
+    Key("path-validation", "path_validation", _choice("webpki", "rfc5280"), str),
     Key("app-trust-anchors", "app_trust_anchors", _choice("replace", "add", "deny"), str),
     Key("verify-ip-addresses", "verify_ip_addresses", _boolean, _render_bool),
     Key("session-resumption", "session_resumption", _boolean, _render_bool),

@@ -297,6 +297,7 @@ class TLSSocket:
             verify_depth=policy.verify_depth,
             alpn=self.alpn,
             session_timeout=self.session_ttl if self.resumes_sessions else 0,
+            path_validation=policy.path_validation,
         )
 
     def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:
@@ -371,6 +372,7 @@ class TLSSocket:
             use_system_store=system,
             verify_depth=policy.verify_depth,
             alpn=self.alpn,
+            path_validation=policy.path_validation,
         )
 
     def connect_succeeded(self, session: TLSSessionInfo) -> None:

@@ -42,6 +42,8 @@ class ClientTLSConfig:
     @ivar trust_anchors: PEM certificates to trust, or L{None}.
     @ivar use_system_store: whether the system trust store is trusted too.
     @ivar verify_depth: the longest chain accepted, leaf excluded.
+    @ivar path_validation: the policy's C{path-validation} (see
+        L{ssa.pathvalidation}).
     """
 
     min_version: int = TLS_1_2
@@ -52,6 +54,7 @@ class ClientTLSConfig:
     use_system_store: bool = True
     verify_depth: int = 10
     alpn: tuple[str, ...] = ()
+    path_validation: str = "webpki"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class ServerTLSConfig:
         order.
     @ivar session_timeout: seconds a client may resume a session of this
         server (the policy's C{session-timeout}); 0 turns resumption off.
+    @ivar path_validation: the policy's C{path-validation} for client
+        certificates (see L{ssa.pathvalidation}).
     """
 
     credentials: tuple[Credential, ...]
@@ -95,6 +100,7 @@ class ServerTLSConfig:
     verify_depth: int = 10
     alpn: tuple[str, ...] = ()
     session_timeout: int = 300
+    path_validation: str = "webpki"
 
 
 @dataclass(frozen=True)

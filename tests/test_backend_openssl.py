@@ -71,10 +71,23 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
+        # Key identifiers: OpenSSL's strict X.509 checks demand them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key((key if issuer is None else issuer[1]).public_key()),
+            critical=False,
+        )
     )
     if issuer is None:
         builder = builder.issuer_name(_name(subject)).add_extension(
             x509.BasicConstraints(ca=True, path_length=None), critical=True
+        ).add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
         )
         signing_key = key
     else:

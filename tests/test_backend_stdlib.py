@@ -85,10 +85,25 @@ def _certificate(
             x509.BasicConstraints(ca=ca or issuer is None, path_length=None),
             critical=True,
         )
+        # Key identifiers: OpenSSL's strict X.509 checks demand them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)  # type: ignore[attr-defined]
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key((issuer[1] if issuer else key).public_key()),  # type: ignore[attr-defined]
+            critical=False,
+        )
     )
     if issuer is not None and not ca:
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.DNSName(subject)]), critical=False
+        )
+    else:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
         )
     signing_key = issuer[1] if issuer else key
     return builder.sign(signing_key, hashes.SHA256()), key  # type: ignore[arg-type]
@@ -861,5 +876,31 @@ class OpenSSLServerPeerTests(SynchronousTestCase):
         self.assertEqual(
             caught.exception.reason,
             "certificate verification failed: unable to get local issuer certificate"
-            " (depth unknown)",
+            " (depth 0, subject /C=US/O=SSA Tests/CN=localhost)",
         )
+
+
+class LocateVerifyErrorTests(SynchronousTestCase):
+    """
+    L{locate_verify_error} finds the certificate an OpenSSL verify error is
+    about in the chain the peer sent (pure logic).
+    """
+
+    def test_locate(self) -> None:
+        from ssa.backends.stdlib import locate_verify_error
+        from ssa.testing.certs import CertificateAuthority
+
+        now = datetime.datetime.now(datetime.timezone.utc)
+        ca = CertificateAuthority.create()
+        intermediate = ca.issue_intermediate(
+            not_before=now - datetime.timedelta(days=10), not_after=now - datetime.timedelta(days=1)
+        )
+        leaf = intermediate.issue_server("localhost")
+        chain = [leaf.cert, *leaf.chain]
+        self.assertEqual(len(chain), 2)
+        self.assertEqual(locate_verify_error(10, chain, now), 1)
+        self.assertIsNone(locate_verify_error(9, chain, now))
+        self.assertEqual(locate_verify_error(20, chain, now), 1)
+        self.assertEqual(locate_verify_error(20, chain[:1], now), 0)
+        self.assertEqual(locate_verify_error(19, [*chain, ca.cert], now), 2)
+        self.assertIsNone(locate_verify_error(24, chain, now))

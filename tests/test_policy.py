@@ -144,6 +144,7 @@ tlsv1.3-ciphers:
   - TLS_AES_128_CCM_SHA256
 trust-store-path: anchors.pem
 cert-chain-depth: 4
+path-validation: rfc5280
 app-trust-anchors: deny
 verify-ip-addresses: disabled
 session-resumption: disabled
@@ -179,7 +180,7 @@ class KeyTests(PolicyFileCase):
             min_version=3, max_version=3, tls12_ciphers=("ECDHE-RSA-AES128-GCM-SHA256",),
             tls13_ciphers=("TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_CCM_SHA256"),
             trust_anchors=pem, trust_store_path=os.path.join(os.path.abspath(self.dir), "anchors.pem"),
-            verify_depth=4, app_trust_anchors="deny", verify_ip_addresses=False,
+            verify_depth=4, path_validation="rfc5280", app_trust_anchors="deny", verify_ip_addresses=False,
             session_resumption=False, session_tickets=True, session_timeout=0, cert_transparency=True,
             revocation_checks=True, revocation_stapled=False, revocation_ocsp=False, revocation_crl=True,
             revocation_cached=False, revocation_mode="hard-fail", connect_timeout=2.5, handshake_timeout=7.0,

@@ -1,0 +1,305 @@
+"""
+The daemon's own verdict on a peer's certificate chain, the same for every
+TLS backend: after the TLS library has verified the chain (its RFC 5280
+checks, with OpenSSL's strict X.509 flag), C{cryptography}'s web-PKI path
+builder (C{cryptography.x509.verification}) builds and checks a path again
+from the certificates the peer sent to the anchors the connection trusts,
+including the peer's name (client role) or the clientAuth usage (server
+role).
+
+Verdicts are cached: one per distinct (chain, anchors, name, policy,
+minute), so that a repeated or resumed connection does not pay again.
+
+Every failure is a L{TLSFailure}, never another exception.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import ipaddress
+import os
+import ssl
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import verification
+
+from .errors import TLSFailure
+from .identity import certificate_subject
+from .options import is_ip_literal
+from .tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo
+from .webpki_rules import path_rule_failure
+
+WEBPKI = "webpki"
+RFC5280 = "rfc5280"
+PATH_VALIDATION_MODES = (WEBPKI, RFC5280)
+"""The values of the policy key C{path-validation}."""
+
+# How long (seconds) a cached verdict stands: the verification time is
+# "now", rounded into buckets of this size for the cache key.
+TIME_BUCKET = 60
+# How many verdicts and stores are kept (least recently used first out).
+VERDICTS = 4096
+STORES = 64
+
+
+def _now() -> datetime.datetime:
+    """
+    The current time in UTC, to the second (X.509 times have no fraction).
+    """
+    return datetime.datetime.fromtimestamp(int(time.time()), datetime.timezone.utc)
+
+
+@functools.lru_cache(maxsize=1)
+def system_anchors() -> tuple[x509.Certificate, ...]:
+    """
+    The system's trust anchors, as the TLS libraries load them
+    (C{ssl.get_default_verify_paths}: the CA file, then the PEM files of the
+    CA directory), read once. Unreadable files and certificates are
+    skipped, as OpenSSL skips them.
+    """
+    paths = ssl.get_default_verify_paths()
+    files: list[str] = []
+    if paths.cafile:
+        files.append(paths.cafile)
+    if paths.capath and os.path.isdir(paths.capath) and not paths.cafile:
+        files.extend(
+            os.path.join(paths.capath, name) for name in sorted(os.listdir(paths.capath))
+        )
+    seen: dict[bytes, x509.Certificate] = {}
+    for path in files:
+        try:
+            with open(path, "rb") as f, warnings.catch_warnings():
+                # Some system roots have serial number 0: still anchors.
+                warnings.simplefilter("ignore")
+                certificates = x509.load_pem_x509_certificates(f.read())
+        except (OSError, ValueError):
+            continue
+        for certificate in certificates:
+            seen.setdefault(certificate.fingerprint(hashes.SHA256()), certificate)
+    return tuple(seen.values())
+
+
+def _digest(certificates: Sequence[x509.Certificate]) -> bytes:
+    """
+    One SHA-256 over the DER of C{certificates}, in order.
+    """
+    h = hashlib.sha256()
+    for certificate in certificates:
+        der = certificate.public_bytes(Encoding.DER)
+        h.update(len(der).to_bytes(4, "big"))
+        h.update(der)
+    return h.digest()
+
+
+@functools.lru_cache(maxsize=STORES)
+def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store | None]:
+    """
+    The anchors' digest and a C{Store} of them (L{None} if there are
+    none), for C{pem} plus the system store if C{system}.
+
+    @raise TLSFailure: C{pem} is not valid PEM.
+    """
+    certificates: list[x509.Certificate] = list(system_anchors()) if system else []
+    if pem:
+        try:
+            certificates += x509.load_pem_x509_certificates(pem)
+        except ValueError as e:
+            raise TLSFailure(f"the trusted certificates are not valid PEM ({e})") from e
+    store = verification.Store(certificates) if certificates else None
+    return _digest(certificates), store
+
+
+class PathValidator:
+    """
+    Check peers' chains with C{cryptography}'s web-PKI path builder, with a
+    bounded cache of verdicts.
+
+    @ivar checks: how many chains were really checked (cache misses).
+    """
+
+    def __init__(self, size: int = VERDICTS) -> None:
+        """
+        @param size: how many verdicts to keep.
+        """
+        self._size = size
+        self._verdicts: OrderedDict[tuple, TLSFailure | None] = OrderedDict()
+        self.checks = 0
+
+    def check(
+        self,
+        chain: Sequence[x509.Certificate],
+        *,
+        anchors_pem: bytes | None,
+        system_store: bool,
+        name: str | None,
+        max_depth: int,
+        mode: str = WEBPKI,
+        server: bool = False,
+    ) -> None:
+        """
+        Validate the peer's C{chain} (leaf first, as it was sent).
+
+        @param anchors_pem: the anchors the connection trusts (PEM), or
+            L{None}.
+        @param system_store: whether the system's anchors are trusted too.
+        @param name: the DNS name or IP literal the leaf must be valid for
+            (client role); L{None} for a client certificate (server role).
+        @param max_depth: the most intermediates between leaf and anchor
+            (the policy's C{cert-chain-depth}).
+        @param mode: the policy's C{path-validation}: C{webpki}, or
+            C{rfc5280} for private anchors only (then only the TLS
+            library's checks apply: see C{docs/policy.md}).
+        @param server: whether this side is the server (the chain is a
+            client's).
+        @raise TLSFailure: the chain is refused; the reason names the rule,
+            the certificate's subject and, where known, its depth.
+        """
+        if not chain:
+            raise TLSFailure("the peer sent no certificate to verify")
+        if mode == RFC5280 and not system_store:
+            return
+        digest, store = _anchors(anchors_pem, system_store)
+        now = _now()
+        key = (_digest(chain), digest, name, server, max_depth, int(now.timestamp()) // TIME_BUCKET)
+        verdicts = self._verdicts
+        if key in verdicts:
+            verdicts.move_to_end(key)
+            failure = verdicts[key]
+        else:
+            self.checks += 1
+            failure = _validate(chain, store, name, max_depth, now, server)
+            verdicts[key] = failure
+            while len(verdicts) > self._size:
+                verdicts.popitem(last=False)
+        if failure is not None:
+            raise TLSFailure(*failure.args)
+
+
+def _validate(
+    chain: Sequence[x509.Certificate],
+    store: verification.Store | None,
+    name: str | None,
+    max_depth: int,
+    now: datetime.datetime,
+    server: bool,
+) -> TLSFailure | None:
+    """
+    One uncached check (L{PathValidator.check}); the failure, or L{None}.
+    """
+    whose = "client certificate" if server else "certificate"
+    leaf, intermediates = chain[0], list(chain[1:])
+    subject = certificate_subject(leaf)
+    if store is None:
+        return TLSFailure(f"{whose} verification failed: no trust anchors (depth 0, subject {subject})")
+    try:
+        builder = verification.PolicyBuilder().store(store).time(now).max_chain_depth(max(0, min(max_depth, 255)))
+        if server or name is None:
+            builder = builder.extension_policies(ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
+                                                 ee_policy=_CLIENT_LEAF_POLICY)
+            path = builder.build_client_verifier().verify(leaf, intermediates).chain
+        else:
+            path = builder.build_server_verifier(_subject(name)).verify(leaf, intermediates)
+        broken = path_rule_failure(path, server_leaf=not server and name is not None)
+    except verification.VerificationError as e:
+        return TLSFailure(f"{whose} verification failed: {_rule(str(e), chain)}")
+    except Exception as e:  # unsupported key types, unparsable extensions, bad names
+        return TLSFailure(
+            f"{whose} verification failed: the path builder cannot check it"
+            f" ({type(e).__name__}: {e}) (depth 0, subject {subject})"
+        )
+    if broken is not None:
+        return TLSFailure(f"{whose} verification failed: {broken}")
+    return None
+
+
+# A client certificate need not name anything (TLS client authentication
+# identifies the certificate, not a name): subjectAltName, which the web-PKI
+# profile demands of every leaf, may be absent; every other web-PKI rule
+# for leaves stands.
+_CLIENT_LEAF_POLICY = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+    x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+)
+
+
+def _subject(name: str) -> verification.DNSName | verification.IPAddress:
+    """
+    The verifier's subject for C{name}: an IP address for IP literals
+    (a zone index dropped), a DNS name (without a trailing dot) otherwise.
+    """
+    if is_ip_literal(name):
+        return verification.IPAddress(ipaddress.ip_address(name.split("%", 1)[0]))
+    return verification.DNSName(name.rstrip("."))
+
+
+def _rule(message: str, chain: Sequence[x509.Certificate]) -> str:
+    """
+    The words for the path builder's C{message}, with the certificate it is
+    about: C{cryptography} names the certificate in its message (its
+    subject, as RFC 4514), which is found in C{chain} to give its depth;
+    otherwise the leaf's subject, as the path starts there.
+    """
+    rule = message.strip()
+    for prefix in ("validation failed: ", "candidates exhausted: "):
+        rule = rule.removeprefix(prefix)
+    if rule.startswith("Other(") and rule.endswith(")"):
+        rule = rule[6:-1].strip('"')
+    for depth, certificate in enumerate(chain):
+        try:
+            rfc4514 = certificate.subject.rfc4514_string()
+        except Exception:
+            continue
+        if rfc4514 and rfc4514 in message and depth > 0:
+            return f"{rule} (path validation, depth {depth}, subject {certificate_subject(certificate)})"
+    return (
+        f"{rule} (path validation, depth 0 or an issuer of it, subject"
+        f" {certificate_subject(chain[0])})"
+    )
+
+
+VALIDATOR = PathValidator()
+"""The daemon's one validator, whose cache every connection shares."""
+
+
+def check_server_chain(config: ClientTLSConfig, name: str, info: TLSSessionInfo) -> None:
+    """
+    The client role: validate the server's chain for C{name} under
+    C{config} (its anchors, depth and C{path_validation}) with L{VALIDATOR}.
+
+    A resumed session is not checked again: its chain was checked when it
+    was made, under the same configuration and name (the daemon's session
+    cache is keyed by them), and a resumption need not carry the chain.
+
+    @raise TLSFailure: it is refused.
+    """
+    if info.resumed:
+        return
+    VALIDATOR.check(
+        info.peer_chain, anchors_pem=config.trust_anchors, system_store=config.use_system_store,
+        name=name, max_depth=config.verify_depth, mode=config.path_validation,
+    )
+
+
+def check_client_chain(config: ServerTLSConfig, info: TLSSessionInfo) -> None:
+    """
+    The server role: validate a client's chain under C{config} with
+    L{VALIDATOR}, when C{config} requires a client certificate (without
+    one, any chain a client volunteers is not checked, as by the library),
+    unless the session is resumed (checked when it was made, under the same
+    configuration: servers keep sessions per configuration).
+
+    @raise TLSFailure: it is refused.
+    """
+    if not config.require_client_certificate or info.resumed:
+        return
+    VALIDATOR.check(
+        info.peer_chain, anchors_pem=config.client_anchors, system_store=config.client_anchors is None,
+        name=None, max_depth=config.verify_depth, mode=config.path_validation, server=True,
+    )
