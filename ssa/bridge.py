@@ -52,6 +52,9 @@ READS_PER_TURN = 4
 CLOSE_LINGER = 10.0
 
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+#: Where consumed bytes go (they were peeked and sent already): one buffer
+#: for every bridge of the process, which runs one at a time.
+_SCRATCH = memoryview(bytearray(READ_SIZE))
 _NOTHING = memoryview(b"")
 
 
@@ -167,7 +170,6 @@ class Bridge:
         self._linger = None
         self._app_ready = False          # an edge came and the plaintext end may hold unread bytes
         self._read_scheduled = False
-        self._scratch = bytearray(READ_SIZE)
         self._edges = watcher_for(reactor)
         self._edges.watch(plaintext_fd, self._plaintext_edge)
         self._send_peer(unsent)
@@ -235,6 +237,8 @@ class Bridge:
                 return
             self._send_peer(self.engine.outgoing())
             if len(data) < READ_SIZE:
+                # All that was queued: bytes arriving from now on bring an edge.
+                self._app_ready = False
                 break
         self._update()
 
@@ -248,7 +252,7 @@ class Bridge:
         Take C{count} peeked bytes out of the queue: the placeholder and
         all of them but the last, which is the placeholder now.
         """
-        scratch = memoryview(self._scratch)
+        scratch = _SCRATCH
         while count > 0:
             got = sock.recv_into(scratch, count)
             if not got:
