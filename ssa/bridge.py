@@ -236,10 +236,8 @@ class Bridge:
                 self._fail(e)
                 return
             self._send_peer(self.engine.outgoing())
-            if len(data) < READ_SIZE:
-                # All that was queued: bytes arriving from now on bring an edge.
-                self._app_ready = False
-                break
+            # A short read may have left the end-of-file that came with the
+            # same edge: read on (in this turn) until EAGAIN says drained.
         self._update()
 
     def _can_read_app(self) -> bool:
