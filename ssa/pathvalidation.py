@@ -199,6 +199,9 @@ def _validate(
     subject = certificate_subject(leaf)
     if store is None:
         return TLSFailure(f"{whose} verification failed: no trust anchors (depth 0, subject {subject})")
+    costly = too_costly(chain)
+    if costly is not None:
+        return TLSFailure(f"{whose} verification failed: {costly} (depth 0, subject {subject})")
     try:
         builder = verification.PolicyBuilder().store(store).time(now).max_chain_depth(max(0, min(max_depth, 255)))
         if server or name is None:
@@ -217,6 +220,40 @@ def _validate(
         )
     if broken is not None:
         return TLSFailure(f"{whose} verification failed: {broken}")
+    return None
+
+
+#: Most certificates a peer may present (leaf and intermediates): the path
+#: builder tries candidate issuers among them, so its work grows with them.
+MAX_PRESENTED = 32
+#: Most name-constraint checks a chain may ask for (the leaf's names, plus
+#: its subject, times every subtree of every presented certificate).
+MAX_CONSTRAINT_CHECKS = 1024
+
+
+def too_costly(chain: Sequence[x509.Certificate]) -> str | None:
+    """
+    Why checking C{chain} would cost too much to do on the daemon's one
+    thread, or L{None}: bounding the work bounds the time, so no peer's
+    chain can stall other connections (the x509-limbo pathological cases
+    are far over these bounds; every valid case is far under).
+    """
+    if len(chain) > MAX_PRESENTED:
+        return f"the peer sent {len(chain)} certificates, more than the {MAX_PRESENTED} the daemon examines"
+    try:
+        names = len(chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value) + 1
+    except Exception:  # noqa: BLE001 (absent or malformed: the path builder says which)
+        names = 1
+    subtrees = 0
+    for certificate in chain[1:]:
+        try:
+            constraints = certificate.extensions.get_extension_for_class(x509.NameConstraints).value
+        except Exception:  # noqa: BLE001
+            continue
+        subtrees += len(constraints.permitted_subtrees or ()) + len(constraints.excluded_subtrees or ())
+    if names * subtrees > MAX_CONSTRAINT_CHECKS:
+        return (f"its name constraints ask for {names * subtrees} checks ({names} names x {subtrees} subtrees),"
+                f" more than the {MAX_CONSTRAINT_CHECKS} the daemon does")
     return None
 
 
