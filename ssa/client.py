@@ -218,6 +218,7 @@ class SSASocket:
         self._hostname_set = False
         self._peer: tuple[Any, ...] | None = None
         self._sockname: tuple[Any, ...] | None = None
+        self._holds_address = False  # bound or listening: close() waits for the daemon
 
     # Attributes
 
@@ -296,7 +297,17 @@ class SSASocket:
             # Without it the daemon takes the connection's end for the
             # application's death and resets the peer (docs/protocol.md).
             channel = self._channel
-            if channel.post(wire.Op.CLOSE, self._id) and channel.reusable:
+            if self._holds_address and channel.reusable:
+                # Bound or listening: wait until the daemon has let the
+                # address go, so that it is free (and refusing) on return,
+                # as after closing a kernel socket.
+                try:
+                    channel.request(wire.Op.CLOSE, self._id, b"", timeout=30)
+                except OSError:
+                    channel.close()
+                else:
+                    _channels.give_back(channel)
+            elif channel.post(wire.Op.CLOSE, self._id) and channel.reusable:
                 _channels.give_back(channel)
             else:
                 channel.close()
@@ -321,6 +332,7 @@ class SSASocket:
                 host = self._resolve(host, port)
         reply = self._call(wire.Op.BIND, wire.encode_address(int(self._family), host, port))
         self._sockname = self._address_tuple(reply)
+        self._holds_address = True
 
     def connect(self, address: tuple[Any, ...]) -> None:
         """
@@ -377,6 +389,7 @@ class SSASocket:
         """
         reply = self._call(wire.Op.LISTEN, wire.BACKLOG.pack(backlog))
         self._sockname = self._address_tuple(reply)
+        self._holds_address = True
 
     def accept(self) -> tuple[SSASocket, tuple[Any, ...]]:
         """

@@ -210,9 +210,13 @@ class ISocketAPI(Interface):
         Get an option's wire value.
         """
 
-    def close(socket_id: int) -> None:
+    def close(socket_id: int, abort: bool = False) -> object:
         """
-        Close the socket: close_notify if connected, then free everything.
+        Close the socket: close_notify if connected (a reset with
+        C{abort}: the application died), then free everything.
+
+        @return: for a listening socket, a Deferred that fires once its
+            address is free; else L{None}.
         """
 
 

@@ -12,6 +12,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -180,12 +181,16 @@ class Listener(Factory):
         self._resume_if_room()
         return pending
 
-    def close(self) -> None:
+    def close(self) -> Deferred | None:
         """
         Stop listening and drop every connection not yet delivered.
+
+        @return: fires once the listening socket is closed (Twisted closes
+            a port on a later turn), or L{None} if it was not listening.
         """
+        stopped = None
         if self.port is not None:
-            self.port.stopListening()
+            stopped = self.port.stopListening()
             self.port = None
         for pending in list(self.ready) + list(self.handshaking):
             pending._stop_timer()
@@ -193,6 +198,7 @@ class Listener(Factory):
                 pending.protocol.transport.abortConnection()
         self.ready.clear()
         self.handshaking.clear()
+        return stopped
 
     def _ready(self, pending: PendingConnection) -> None:
         self.handshaking.discard(pending)

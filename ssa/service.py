@@ -330,7 +330,7 @@ class SocketService:
         """
         return self.entry(socket_id).sock.get_option(level, name)
 
-    def close(self, socket_id: int, abort: bool = False) -> None:
+    def close(self, socket_id: int, abort: bool = False) -> Deferred | None:
         """
         C{close()}: stop any attempt, close_notify if connected, free all.
 
@@ -340,10 +340,12 @@ class SocketService:
             ended is reset instead (no close_notify), and the application
             reads ECONNRESET, so that neither side takes a cut stream for a
             complete one.
+        @return: for a listening socket, fires once its address is free.
         """
         entry = self.entries.pop(socket_id, None)
         if entry is None:
-            return
+            return None
+        stopped = None
         self.counts.remove(entry.sock.owner.pid, entry.sock.owner.uid)
         if entry.attempt is not None:
             entry.attempt.cancel()
@@ -354,7 +356,7 @@ class SocketService:
             else:
                 entry.bridge.close()
         if entry.listener is not None:
-            entry.listener.close()
+            stopped = entry.listener.close()
             waiters, entry.accept_waiters = entry.accept_waiters, []
             for waiter, _ in waiters:
                 if not waiter.called:
@@ -366,6 +368,7 @@ class SocketService:
         entry.daemon_end = None
         entry.app_end = -1
         entry.sock.close()
+        return stopped
 
     def _context_socket(self, socket_id: int) -> TLSSocket | None:
         entry = self.entries.get(socket_id)

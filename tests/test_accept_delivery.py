@@ -225,6 +225,26 @@ class AcceptDeliveryTests(DaemonTestCase):
         self.assertEqual(errors, [])
 
 
+class ListenerCloseTests(DaemonTestCase):
+    """
+    Closing a listener lets its address go before close() returns.
+    """
+
+    def test_closed_listener_refuses_and_frees_its_port(self) -> None:
+        for _ in range(20):
+            server = self.tls_socket()
+            server.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
+            server.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
+            server.bind(("127.0.0.1", 0))
+            server.listen(8)
+            port = server.getsockname()[1]
+            server.close()
+            self.assertRaises(ConnectionRefusedError, socket.create_connection, ("127.0.0.1", port), 10)
+            again = self.tls_socket()
+            again.bind(("127.0.0.1", port))
+            again.close()
+
+
 class ConnectDeliveryTests(DaemonTestCase):
     """
     The client role: the server's first data in the read that completes

@@ -363,10 +363,13 @@ class ControlProtocol(Protocol):
 
     def _close(self, frame: Frame) -> None:
         self.sockets.discard(frame.socket_id)
-        self.service.close(frame.socket_id)
+        stopped = self.service.close(frame.socket_id)
         if self.workers is not None:
             self.workers.replay.forget(frame.socket_id)
-        self._reply(frame, 0)
+        if stopped is None:
+            self._reply(frame, 0)
+        else:  # a listener: answer once its address is free, as close(2) returns
+            stopped.addBoth(lambda _: self._reply(frame, 0))
 
     def _status(self, frame: Frame) -> None:
         """
