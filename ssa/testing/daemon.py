@@ -151,7 +151,13 @@ class DaemonProcess:
         return 0
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        """
+        Start it, unless L{start} was called already (C{with
+        DaemonProcess().start() as daemon} runs one daemon, not two).
+        """
+        if self.process is None or self.process.poll() is not None:
+            return self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
