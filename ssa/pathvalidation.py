@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
@@ -279,7 +280,7 @@ def _issuer_of(certificate: x509.Certificate, candidates: Sequence[x509.Certific
             continue
         try:
             certificate.verify_directly_issued_by(candidate)
-        except Exception:  # noqa: BLE001 (another key, another algorithm)
+        except (InvalidSignature, TypeError, ValueError):  # another key, another algorithm
             continue
         return candidate
     return None

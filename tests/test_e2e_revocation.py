@@ -11,7 +11,6 @@ import datetime
 import errno
 import os
 import signal
-import socket
 import ssl
 import textwrap
 import threading
@@ -41,7 +40,7 @@ def make_crl(
     A CRL in C{issuer}'s name listing C{revoked}, signed by C{signer}
     (default C{issuer}'s key), valid from an hour ago for a day by default.
     """
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer.cert.subject)
                .last_update(this_update or now - HOUR).next_update(next_update or now + 24 * HOUR))
     for certificate in revoked:
@@ -174,7 +173,7 @@ class SoftFailTests(RevocationTestCase):
         A CRL listing the leaf whose nextUpdate has passed is no data:
         soft-fail passes.
         """
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.write_crl("intermediate.pem", make_crl(
             self.intermediate, (self.leaf.cert,), this_update=now - 48 * HOUR, next_update=now - HOUR))
         self.reload()
@@ -256,7 +255,7 @@ class HardFailTests(RevocationTestCase):
         """
         A stale CRL that lists nothing is unknown, not good: refused.
         """
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.write_crl("root.pem", make_crl(self.ca, this_update=now - 48 * HOUR, next_update=now - HOUR))
         self.reload()
         self.refused(self.server(), "unknown", "SSA Test Intermediate CA", "depth 1", "stale")

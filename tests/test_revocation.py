@@ -27,7 +27,7 @@ from ssa.testing.certs import CertificateAuthority
 from .test_e2e_revocation import HOUR, make_crl
 from .test_x509_limbo import LIMBO
 
-NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+NOW = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
 class PolicyKeyTests(SynchronousTestCase):
