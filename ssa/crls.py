@@ -50,12 +50,17 @@ class CRLSet:
     digest: bytes
     crls: tuple[SourcedCRL, ...] = field(compare=False, repr=False)
 
+    def __post_init__(self) -> None:
+        index: dict[bytes, list[SourcedCRL]] = {}
+        for sourced in self.crls:
+            index.setdefault(sourced.crl.issuer.public_bytes(), []).append(sourced)
+        object.__setattr__(self, "_by_issuer", index)
+
     def for_issuer(self, name: x509.Name) -> list[SourcedCRL]:
         """
         The CRLs whose issuer is C{name} (compared as DER).
         """
-        wanted = name.public_bytes()
-        return [c for c in self.crls if c.crl.issuer.public_bytes() == wanted]
+        return list(self._by_issuer.get(name.public_bytes(), ()))  # type: ignore[attr-defined]
 
 
 NO_CRLS = CRLSet(None, hashlib.sha256(b"").digest(), ())
