@@ -30,10 +30,16 @@ class SourcedCRL:
 
     @ivar source: the file's path.
     @ivar crl: the CRL.
+    @ivar serials: the serial numbers it lists (a set: the CRL itself
+        searches its entries one by one).
+    @ivar signatures: whether it verifies with a public key, by the key's
+        DER (a large CRL takes tens of milliseconds to verify).
     """
 
     source: str
     crl: x509.CertificateRevocationList
+    serials: frozenset[int] = field(default=frozenset(), compare=False, repr=False)
+    signatures: dict[bytes, bool] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -108,7 +114,7 @@ def crl_set(path: str, files: Iterable[tuple[str, bytes]]) -> CRLSet:
             for part in (source.encode(), der):
                 h.update(len(part).to_bytes(8, "big"))
                 h.update(part)
-            found.append(SourcedCRL(source, crl))
+            found.append(SourcedCRL(source, crl, frozenset(entry.serial_number for entry in crl)))
     return CRLSet(path, h.digest(), tuple(found))
 
 

@@ -22,6 +22,7 @@ import datetime
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
 from .crls import CRLSet, Revocation, SourcedCRL
@@ -50,9 +51,10 @@ def revocation_failure(
         crl, why = _usable_crl(certificate, issuer, revocation.crls, now)
         subject = certificate_subject(certificate)
         if crl is not None:
-            entry = crl.crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
-            if entry is None:
+            if certificate.serial_number not in crl.serials:
                 continue
+            entry = crl.crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+            assert entry is not None
             problem = _entry_problem(entry)
             if problem is None:
                 return (f"{whose} revoked: {subject} (depth {depth}) is listed on the CRL {crl.source}"
@@ -77,7 +79,7 @@ def _usable_crl(
     usable: list[SourcedCRL] = []
     reasons: list[str] = []
     for candidate in candidates:
-        problem = _crl_problem(candidate.crl, certificate, issuer, now)
+        problem = _crl_problem(candidate, certificate, issuer, now)
         if problem is None:
             usable.append(candidate)
         else:
@@ -88,12 +90,12 @@ def _usable_crl(
 
 
 def _crl_problem(
-    crl: x509.CertificateRevocationList, certificate: x509.Certificate, issuer: x509.Certificate,
-    now: datetime.datetime,
+    sourced: SourcedCRL, certificate: x509.Certificate, issuer: x509.Certificate, now: datetime.datetime,
 ) -> str | None:
     """
-    Why C{crl} cannot say anything about C{certificate}, or L{None}.
+    Why C{sourced} cannot say anything about C{certificate}, or L{None}.
     """
+    crl = sourced.crl
     issuer_key_id = _key_identifier(issuer)
     try:
         crl_key_id = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
@@ -107,11 +109,7 @@ def _crl_problem(
             return "is signed by an issuer whose key usage does not allow cRLSign"
     except x509.ExtensionNotFound:
         pass
-    try:
-        signed = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 (an unsupported key or algorithm: not verified)
-        signed = False
-    if not signed:
+    if not _signed_by(sourced, issuer):
         return "does not verify with the issuer's public key"
     if crl.last_update_utc > now:
         return f"is not valid yet (thisUpdate {crl.last_update_utc:%Y-%m-%d %H:%M:%S} UTC)"
@@ -125,6 +123,23 @@ def _crl_problem(
         if extension.critical and extension.oid not in _KNOWN_CRL_EXTENSIONS:
             return f"has a critical extension the daemon does not understand ({extension.oid.dotted_string})"
     return _scope_problem(crl, certificate)
+
+
+def _signed_by(sourced: SourcedCRL, issuer: x509.Certificate) -> bool:
+    """
+    Whether C{sourced} verifies with C{issuer}'s public key (remembered per
+    key).
+    """
+    key = issuer.public_key()
+    der = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    if der not in sourced.signatures:
+        if len(sourced.signatures) >= 64:  # bounded: keys of CA certificates that name this issuer
+            sourced.signatures.clear()
+        try:
+            sourced.signatures[der] = sourced.crl.is_signature_valid(key)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 (an unsupported key or algorithm: not verified)
+            sourced.signatures[der] = False
+    return sourced.signatures[der]
 
 
 def _scope_problem(crl: x509.CertificateRevocationList, certificate: x509.Certificate) -> str | None:
