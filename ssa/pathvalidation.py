@@ -7,7 +7,11 @@ from the certificates the peer sent to the anchors the connection trusts,
 including the peer's name (client role) or the clientAuth usage (server
 role).
 
-Verdicts are cached: one per distinct (chain, anchors, name, policy,
+When the connection checks revocation, every certificate of the built
+path but the anchor is then checked against the policy's CRLs
+(L{ssa.revocation}).
+
+Verdicts are cached: one per distinct (chain, anchors, name, policy, CRLs,
 minute), so that a repeated or resumed connection does not pay again.
 
 Every failure is a L{TLSFailure}, never another exception.
@@ -27,13 +31,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
 
+from .crls import Revocation
 from .errors import TLSFailure
 from .identity import certificate_subject
 from .options import is_ip_literal
+from .revocation import revocation_failure
 from .tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo
 from .webpki_rules import path_rule_failure
 
@@ -100,10 +107,11 @@ def _digest(certificates: Sequence[x509.Certificate]) -> bytes:
 
 
 @functools.lru_cache(maxsize=STORES)
-def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store | None]:
+def _anchors(pem: bytes | None, system: bool
+             ) -> tuple[bytes, verification.Store | None, tuple[x509.Certificate, ...]]:
     """
-    The anchors' digest and a C{Store} of them (L{None} if there are
-    none), for C{pem} plus the system store if C{system}.
+    The anchors' digest, a C{Store} of them (L{None} if there are none)
+    and the anchors, for C{pem} plus the system store if C{system}.
 
     @raise TLSFailure: C{pem} is not valid PEM.
     """
@@ -114,7 +122,7 @@ def _anchors(pem: bytes | None, system: bool) -> tuple[bytes, verification.Store
         except ValueError as e:
             raise TLSFailure(f"the trusted certificates are not valid PEM ({e})") from e
     store = verification.Store(certificates) if certificates else None
-    return _digest(certificates), store
+    return _digest(certificates), store, tuple(certificates)
 
 
 class PathValidator:
@@ -143,6 +151,7 @@ class PathValidator:
         max_depth: int,
         mode: str = WEBPKI,
         server: bool = False,
+        revocation: Revocation | None = None,
     ) -> None:
         """
         Validate the peer's C{chain} (leaf first, as it was sent).
@@ -159,23 +168,29 @@ class PathValidator:
             library's checks apply: see C{docs/policy.md}).
         @param server: whether this side is the server (the chain is a
             client's).
+        @param revocation: the CRLs and mode to check the path against, or
+            L{None} to not check revocation.
         @raise TLSFailure: the chain is refused; the reason names the rule,
             the certificate's subject and, where known, its depth.
         """
         if not chain:
             raise TLSFailure("the peer sent no certificate to verify")
-        if mode == RFC5280 and not system_store:
+        if mode == RFC5280 and not system_store and revocation is None:
             return
-        digest, store = _anchors(anchors_pem, system_store)
+        digest, store, anchors = _anchors(anchors_pem, system_store)
         now = _now()
-        key = (_digest(chain), digest, name, server, max_depth, int(now.timestamp()) // TIME_BUCKET)
+        key = (_digest(chain), digest, name, server, max_depth, mode == RFC5280 and not system_store,
+               revocation, int(now.timestamp()) // TIME_BUCKET)
         verdicts = self._verdicts
         if key in verdicts:
             verdicts.move_to_end(key)
             failure = verdicts[key]
         else:
             self.checks += 1
-            failure = _validate(chain, store, name, max_depth, now, server)
+            if mode == RFC5280 and not system_store:
+                failure = _revoked(chain, anchors, now, server, revocation)
+            else:
+                failure = _validate(chain, store, name, max_depth, now, server, revocation)
             verdicts[key] = failure
             while len(verdicts) > self._size:
                 verdicts.popitem(last=False)
@@ -190,6 +205,7 @@ def _validate(
     max_depth: int,
     now: datetime.datetime,
     server: bool,
+    revocation: Revocation | None = None,
 ) -> TLSFailure | None:
     """
     One uncached check (L{PathValidator.check}); the failure, or L{None}.
@@ -220,6 +236,53 @@ def _validate(
         )
     if broken is not None:
         return TLSFailure(f"{whose} verification failed: {broken}")
+    if revocation is not None:
+        revoked = revocation_failure(path, revocation, now, whose)
+        if revoked is not None:
+            return TLSFailure(revoked)
+    return None
+
+
+def _revoked(
+    chain: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    now: datetime.datetime,
+    server: bool,
+    revocation: Revocation | None,
+) -> TLSFailure | None:
+    """
+    The revocation check alone, for C{path-validation: rfc5280} (the TLS
+    library has validated the chain, and the path builder is not run): the
+    path is walked from the leaf through the certificates of C{chain} and
+    the anchors, each step to a certificate whose key verifies the
+    previous one's signature, until an anchor.
+    """
+    if revocation is None:
+        return None
+    path = [chain[0]]
+    while path[-1] not in anchors and len(path) <= len(chain):
+        issuer = _issuer_of(path[-1], [*chain[1:], *anchors])
+        if issuer is None or issuer in path:
+            break
+        path.append(issuer)
+    whose = "client certificate" if server else "certificate"
+    failure = revocation_failure(path, revocation, now, whose)
+    return None if failure is None else TLSFailure(failure)
+
+
+def _issuer_of(certificate: x509.Certificate, candidates: Sequence[x509.Certificate]) -> x509.Certificate | None:
+    """
+    The first of C{candidates} whose subject is C{certificate}'s issuer and
+    whose key verifies its signature, or L{None}.
+    """
+    for candidate in candidates:
+        if candidate.subject != certificate.issuer:
+            continue
+        try:
+            certificate.verify_directly_issued_by(candidate)
+        except (InvalidSignature, TypeError, ValueError):  # another key, another algorithm
+            continue
+        return candidate
     return None
 
 
@@ -320,7 +383,7 @@ def check_server_chain(config: ClientTLSConfig, name: str, info: TLSSessionInfo)
         return
     VALIDATOR.check(
         info.peer_chain, anchors_pem=config.trust_anchors, system_store=config.use_system_store,
-        name=name, max_depth=config.verify_depth, mode=config.path_validation,
+        name=name, max_depth=config.verify_depth, mode=config.path_validation, revocation=config.revocation,
     )
 
 
@@ -339,4 +402,5 @@ def check_client_chain(config: ServerTLSConfig, info: TLSSessionInfo) -> None:
     VALIDATOR.check(
         info.peer_chain, anchors_pem=config.client_anchors, system_store=config.client_anchors is None,
         name=None, max_depth=config.verify_depth, mode=config.path_validation, server=True,
+        revocation=config.revocation,
     )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .constants import TLS_1_0, TLS_1_2, TLS_1_3
+from .crls import CRLSet
 from .tlsconfig import DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERS
 
 BUILT_IN = "built-in defaults"
@@ -68,6 +69,9 @@ class Policy:
     @ivar revocation_mode: C{revocation-mode}: C{soft-fail} (an unknown
         status passes unless the certificate demands stapling) or
         C{hard-fail} (an unknown status is fatal).
+    @ivar crl_path: C{crl-path}: the CRL file or directory (absolute), or
+        L{None}.
+    @ivar crls: the CRLs read from C{crl_path}, or L{None}.
     @ivar log_format: C{log-format}: C{text} or C{json}.
     @ivar trust_store_path: where C{trust_anchors} were read from (absolute),
         or L{None} for the system store.
@@ -103,6 +107,8 @@ class Policy:
     revocation_crl: bool = True
     revocation_cached: bool = True
     revocation_mode: str = "soft-fail"
+    crl_path: str | None = None
+    crls: CRLSet | None = None
     log_format: str = "text"
     trust_store_path: str | None = None
     source: str = BUILT_IN
@@ -226,15 +232,24 @@ def _version(v: Located) -> int:
     return _integer(TLS_1_0, TLS_1_3)(v)
 
 
-def _trust_store(v: Located) -> str | None:
+def _path(what: str) -> Callable[[Located], str | None]:
     """
-    A path (read by the loader); null means the system store.
+    A path (read by the loader) of C{what}; null means none (for
+    C{trust-store-path}: the system store).
     """
-    if v.value is None:
-        return None
-    if not isinstance(v.value, str) or not v.value.strip():
-        raise Invalid(f"expected the path of a PEM file or directory, not {shown(v)}")
-    return v.value
+
+    def parse(v: Located) -> str | None:
+        if v.value is None:
+            return None
+        if not isinstance(v.value, str) or not v.value.strip():
+            raise Invalid(f"expected the path of {what}, not {shown(v)}")
+        return v.value
+
+    return parse
+
+
+_trust_store = _path("a PEM file or directory")
+_crl_path = _path("a CRL file or directory")
 
 
 def _backend(v: Located) -> str:
@@ -345,6 +360,10 @@ def _render_store(value: object) -> str:
     return "~  # the system store" if value is None else str(value)
 
 
+def _render_crl_path(value: object) -> str:
+    return "~  # no CRLs" if value is None else str(value)
+
+
 def _render_number(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -394,6 +413,7 @@ KEYS: tuple[Key, ...] = (
     Key("revocation-crl", "revocation_crl", _boolean, _render_bool),
     Key("revocation-cached", "revocation_cached", _boolean, _render_bool),
     Key("revocation-mode", "revocation_mode", _choice("soft-fail", "hard-fail"), str),
+    Key("crl-path", "crl_path", _crl_path, _render_crl_path),
     Key("connect-timeout", "connect_timeout", _seconds),
     Key("handshake-timeout", "handshake_timeout", _seconds),
     Key("max-sockets-per-client", "max_sockets_per_client", _integer(1, 2**31 - 1)),

@@ -18,12 +18,13 @@ import os
 import pwd
 import re
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from .crls import CRLSet, crl_set
 from .peer import PeerIdentity
 from .policy import (
     DEFAULT_POLICY, KEY_BY_NAME, Invalid, Located, Policy, PolicyError, conflict, render, shown,
@@ -36,7 +37,7 @@ _MAX_DEPTH = 32
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----", re.DOTALL)
 
 __all__ = ["DEFAULT_PATH", "PolicyError", "PolicySet", "describe", "explain", "load_default",
-           "load_policy", "parse_policy", "read_trust_store"]
+           "load_policy", "parse_policy", "read_crls", "read_trust_store"]
 
 
 def load_policy(path: str | os.PathLike[str], *, read_groups: GroupsReader | None = None) -> PolicySet:
@@ -117,6 +118,28 @@ def read_trust_store(path: str) -> bytes:
     return b"".join(unique.values())
 
 
+def read_crls(path: str) -> CRLSet:
+    """
+    The CRLs (PEM or DER) of a file, or of every file in a directory
+    (names starting with a dot are skipped; an empty directory holds no
+    CRLs, which is allowed: the directory may be filled later, then
+    SIGHUP).
+
+    @raise ValueError: unreadable, or a file that is not a CRL; the
+        message names the file.
+    """
+    if os.path.isdir(path):
+        try:
+            names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+        except OSError as e:
+            raise ValueError(f"cannot read the directory {path}: {e.strerror}") from None
+        files = [os.path.join(path, n) for n in names]
+        files = [f for f in files if os.path.isfile(f)]
+    else:
+        files = [path]
+    return crl_set(path, ((f, _read(f)) for f in files))
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -140,13 +163,14 @@ def _line(node: yaml.Node) -> int:
 
 class _Reader:
     """
-    One reading of one file: its path, and the trust stores read so far.
+    One reading of one file: its path, and the trust stores and CRLs read
+    so far.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.base = os.path.dirname(os.path.abspath(path))
-        self.stores: dict[str, bytes] = {}
+        self.loaded: dict[tuple[Callable, str], object] = {}  # (reader, absolute path) -> what it read
         self.constructor = yaml.constructor.SafeConstructor()
 
     def error(self, line: int | None, key: str | None, reason: str, profile: str | None = None) -> PolicyError:
@@ -234,6 +258,8 @@ class _Reader:
             changes[spec.field] = value
             if spec.field == "trust_store_path":
                 changes.update(self.store(value, line, key, profile))
+            if spec.field == "crl_path":
+                changes.update(self.crls(value, line, key, profile))
             lines[spec.name] = (line, key)
         policy = dataclasses.replace(base, **changes)
         problem = conflict(policy)
@@ -249,13 +275,31 @@ class _Reader:
         """
         if path is None:
             return {"trust_store_path": None, "trust_anchors": None}
+        full, anchors = self.read_once(path, line, key, profile, read_trust_store)
+        return {"trust_store_path": full, "trust_anchors": anchors}
+
+    def crls(self, path: object, line: int, key: str, profile: str | None) -> dict[str, object]:
+        """
+        The fields that C{crl-path: path} sets, its CRLs read.
+        """
+        if path is None:
+            return {"crl_path": None, "crls": None}
+        full, crls = self.read_once(path, line, key, profile, read_crls)
+        return {"crl_path": full, "crls": crls}
+
+    def read_once(self, path: object, line: int, key: str, profile: str | None,
+                  reader: Callable[[str], object]) -> tuple[str, object]:
+        """
+        The absolute form of C{path} (relative to the file's directory) and
+        what C{reader} reads there (once per file read).
+        """
         full = os.path.normpath(os.path.join(self.base, str(path)))
-        if full not in self.stores:
+        if (reader, full) not in self.loaded:
             try:
-                self.stores[full] = read_trust_store(full)
+                self.loaded[reader, full] = reader(full)
             except ValueError as e:
                 raise self.error(line, key, str(e), profile) from None
-        return {"trust_store_path": full, "trust_anchors": self.stores[full]}
+        return full, self.loaded[reader, full]
 
     def profiles(self, line: int, node: yaml.Node, default: Policy) -> tuple[Profile, ...]:
         """

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
+from .crls import NO_CRLS, Revocation
 from .errors import SSAError
 from . import netoptions
 from .options import ANY, INT, RULES, U64, OptionRule, decode_int, is_ip_literal
@@ -298,6 +299,7 @@ class TLSSocket:
             alpn=self.alpn,
             session_timeout=self.session_ttl if self.resumes_sessions else 0,
             path_validation=policy.path_validation,
+            revocation=self.revocation(),
         )
 
     def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:
@@ -373,7 +375,18 @@ class TLSSocket:
             verify_depth=policy.verify_depth,
             alpn=self.alpn,
             path_validation=policy.path_validation,
+            revocation=self.revocation(),
         )
+
+    def revocation(self) -> Revocation | None:
+        """
+        How this socket's peer is checked for revocation: by the policy's
+        CRLs when its revocation checks and CRL checks are both on, else
+        not at all (L{None}).
+        """
+        if not (self.revocation_checks and self.revocation_crl):
+            return None
+        return Revocation(self.policy.crls or NO_CRLS, hard_fail=self.policy.revocation_mode == "hard-fail")
 
     def connect_succeeded(self, session: TLSSessionInfo) -> None:
         """

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from .constants import TLS_1_2, TLS_1_3
+from .crls import Revocation
 
 DEFAULT_TLS12_CIPHERS: tuple[str, ...] = (
     "ECDHE-ECDSA-AES256-GCM-SHA384",
@@ -44,6 +45,8 @@ class ClientTLSConfig:
     @ivar verify_depth: the longest chain accepted, leaf excluded.
     @ivar path_validation: the policy's C{path-validation} (see
         L{ssa.pathvalidation}).
+    @ivar revocation: how the server's chain is checked for revocation,
+        or L{None} when the socket does not check (see L{ssa.revocation}).
     """
 
     min_version: int = TLS_1_2
@@ -55,6 +58,7 @@ class ClientTLSConfig:
     verify_depth: int = 10
     alpn: tuple[str, ...] = ()
     path_validation: str = "webpki"
+    revocation: Revocation | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class ServerTLSConfig:
         server (the policy's C{session-timeout}); 0 turns resumption off.
     @ivar path_validation: the policy's C{path-validation} for client
         certificates (see L{ssa.pathvalidation}).
+    @ivar revocation: how client certificates are checked for
+        revocation, or L{None} (see L{ssa.revocation}).
     """
 
     credentials: tuple[Credential, ...]
@@ -101,6 +107,7 @@ class ServerTLSConfig:
     alpn: tuple[str, ...] = ()
     session_timeout: int = 300
     path_validation: str = "webpki"
+    revocation: Revocation | None = None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ssa import cli, policyfile
 from ssa.constants import TLS_1_2, TLS_1_3
+from ssa.crls import crl_set
 from ssa.peer import PeerIdentity
 from ssa.policy import DEFAULT_POLICY, KEYS, Policy, PolicyError
 from ssa.policyfile import load_default, load_policy
@@ -157,6 +158,7 @@ revocation-ocsp: disabled
 revocation-crl: true
 revocation-cached: no
 revocation-mode: hard-fail
+crl-path: crls
 connect-timeout: 2.5
 handshake-timeout: 7
 max-sockets-per-client: 3
@@ -175,6 +177,8 @@ class KeyTests(PolicyFileCase):
     def test_every_key(self) -> None:
         pem = certificate("anchor")
         self.write(pem, "anchors.pem")
+        crls = os.path.join(os.path.abspath(self.dir), "crls")
+        os.mkdir(crls)
         p = self.load(EVERY_KEY).default
         self.assertEqual(p, Policy(
             min_version=3, max_version=3, tls12_ciphers=("ECDHE-RSA-AES128-GCM-SHA256",),
@@ -183,7 +187,8 @@ class KeyTests(PolicyFileCase):
             verify_depth=4, path_validation="rfc5280", app_trust_anchors="deny", verify_ip_addresses=False,
             session_resumption=False, session_tickets=True, session_timeout=0, cert_transparency=True,
             revocation_checks=True, revocation_stapled=False, revocation_ocsp=False, revocation_crl=True,
-            revocation_cached=False, revocation_mode="hard-fail", connect_timeout=2.5, handshake_timeout=7.0,
+            revocation_cached=False, revocation_mode="hard-fail", crl_path=crls, crls=crl_set(crls, []),
+            connect_timeout=2.5, handshake_timeout=7.0,
             max_sockets_per_client=3, max_sockets_per_user=40, max_request_bytes_per_user=2 << 20,
             backend="stdlib", log_format="json",
             source=os.path.join(self.dir, "config.yml"),
@@ -561,7 +566,7 @@ class CheckConfigTests(PolicyFileCase):
         """
         What it prints is itself a policy file meaning the same.
         """
-        path = self.write(EVERY_KEY.replace("trust-store-path: anchors.pem\n", ""))
+        path = self.write(EVERY_KEY.replace("trust-store-path: anchors.pem\n", "").replace("crl-path: crls\n", ""))
         _, out, _ = self.run_cli(path)
         again = self.write(out, "again.yml")
         self.assertEqual(dataclasses.replace(load_policy(again).default, source=path), load_policy(path).default)

@@ -8,13 +8,13 @@ validation time with libfaketime (absolute, stopped), and its verdict is
 compared with the expected one.
 
 Zero false accepts; every false reject is listed in
-C{tests/x509_limbo_deviations.txt} with its reason; C{has-crl} cases wait
-for C{crl-path} (the revocation issue) and are not judged; cases that
+C{tests/x509_limbo_deviations.txt} with its reason; the CRLs of C{has-crl}
+cases are given to their daemon as the policy's C{crl-path}; cases that
 cannot be served are skipped and counted. The counts per category (the
 case id's prefix) go to the test's output.
 
-Cases are grouped by (validation time, chain depth): one daemon serves a
-group.
+Cases are grouped by (validation time, chain depth, whether they have
+CRLs): one daemon serves a group.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ DEVIATIONS = Path(__file__).with_name("x509_limbo_deviations.txt")
 PATIENCE = 30.0
 # The words of a verdict on the certificate (rather than a handshake that
 # could not happen at all, e.g. no cipher suite for the case's key).
-_VERDICT_WORDS = ("verification failed", "hostname mismatch", "cannot be parsed", "sent no certificate")
+_VERDICT_WORDS = ("verification failed", "hostname mismatch", "cannot be parsed", "sent no certificate", "revoked",
+                  "revocation status unknown")
 
 
 def libfaketime() -> str | None:
@@ -268,8 +269,6 @@ class Tally:
         elif got == "UNSERVED":
             kind = "skipped (cannot be served)"
             self.skipped.append(f"{case_id}: {outcome.reason}")
-        elif "has-crl" in case.get("features", ()):
-            kind = "waiting for crl-path"
         elif got == expected:
             kind = "agree"
             if case_id in deviations:
@@ -298,17 +297,21 @@ class Tally:
         return "\n".join(lines)
 
 
-def groups(cases: list[dict]) -> Iterator[tuple[tuple[str | None, int | None], list[dict]]]:
+Group = tuple[str | None, int | None, bool]
+
+
+def groups(cases: list[dict]) -> Iterator[tuple[Group, list[dict]]]:
     """
-    The cases by (validation time to the second, chain depth).
+    The cases by (validation time to the second, chain depth, whether the
+    case has CRLs).
     """
-    grouped: dict[tuple[str | None, int | None], list[dict]] = defaultdict(list)
+    grouped: dict[Group, list[dict]] = defaultdict(list)
     for case in cases:
         when = case["validation_time"]
         if when is not None:
             when = when[:19].replace("T", " ")
-        grouped[(when, case["max_chain_depth"])].append(case)
-    return iter(sorted(grouped.items(), key=lambda item: (item[0][0] or "", item[0][1] or -1)))
+        grouped[(when, case["max_chain_depth"], bool(case.get("crls")))].append(case)
+    return iter(sorted(grouped.items(), key=lambda item: (item[0][0] or "", item[0][1] or -1, item[0][2])))
 
 
 class X509LimboMixin:
@@ -324,15 +327,18 @@ class X509LimboMixin:
         self.cases = json.loads(LIMBO.read_text())["testcases"]
         self.faketime = libfaketime()
 
-    def daemon_for(self, when: str | None, depth: int | None) -> DaemonProcess:
+    def daemon_for(self, when: str | None, depth: int | None, cases: list[dict]) -> DaemonProcess:
         """
         A daemon for one group: its clock stopped at C{when}, its policy's
-        chain depth C{depth}.
+        chain depth C{depth}, its C{crl-path} the CRLs of C{cases}.
         """
         directory = tempfile.mkdtemp(prefix="limbo-policy-")
         lines = ["handshake-timeout: 20", "connect-timeout: 20"]
         if depth is not None:
             lines.append(f"cert-chain-depth: {min(depth, 100)}")
+        crls = [crl for case in cases for crl in case.get("crls") or ()]
+        if crls:
+            lines.append(f"crl-path: {_pem_file(directory, 'crls.pem', *crls)}")
         policy = _pem_file(directory, "config.yml", "\n".join(lines))
         env = {}
         if when is not None:
@@ -351,12 +357,12 @@ class X509LimboMixin:
         deviations = load_deviations(self.backend)
         tally = Tally()
         own = CertificateAuthority.create().issue_server("localhost")
-        for (when, depth), cases in groups(self.cases):
+        for (when, depth, _), cases in groups(self.cases):
             if when is not None and self.faketime is None:
                 for case in cases:
                     tally.add(case, Outcome("UNSERVED", "no libfaketime"), deviations)
                 continue
-            daemon = self.daemon_for(when, depth)
+            daemon = self.daemon_for(when, depth, cases)
             for case in cases:
                 if case["peer_certificate_key"] is None:
                     outcome = Outcome("UNSERVED", "no private key")
