@@ -168,7 +168,7 @@ def _listen() -> socket.socket:
     return sock
 
 
-class _Peer:
+class Peer:
     """
     What both peers share: certificates, ports, the counters file.
     C{start()} returns self; then C{full_port}, C{resume_port}, C{ca_path},
@@ -193,19 +193,19 @@ class _Peer:
             values = COUNTERS.unpack(f.read(COUNTERS.size))
         return (values[2], values[3]) if resume else (values[0], values[1])
 
-    def start(self) -> "_Peer":
+    def start(self) -> Peer:
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
 
 
-class PythonPeer(_Peer):
+class PythonPeer(Peer):
     """The peer on stdlib C{ssl}, in a forked child process."""
 
     kind = "python"
 
-    def start(self) -> "PythonPeer":
+    def start(self) -> PythonPeer:
         socks = [_listen(), _listen()]
         self.full_port, self.resume_port = (s.getsockname()[1] for s in socks)
         self.process = mp.get_context("fork").Process(
@@ -233,12 +233,12 @@ def build_c_peer(directory: str) -> str:
     return exe
 
 
-class CPeer(_Peer):
+class CPeer(Peer):
     """The peer in C (C{bench/peer.c}), built when started."""
 
     kind = "c"
 
-    def start(self) -> "CPeer":
+    def start(self) -> CPeer:
         exe = build_c_peer(self.directory)
         self.process = subprocess.Popen(
             [exe, self.cert_path, self.key_path, self.counters_path],
@@ -261,7 +261,7 @@ class CPeer(_Peer):
 PEERS = {"c": CPeer, "python": PythonPeer}
 
 
-def make_peer(kind: str, directory: str | None = None) -> _Peer:
+def make_peer(kind: str, directory: str | None = None) -> Peer:
     """An unstarted peer of C{kind} (C{c} or C{python})."""
     return PEERS[kind](directory)
 
