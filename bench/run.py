@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -365,14 +366,14 @@ def counted_connections(path: Path_, peer: Peer, clients: int, total: int, resum
             "peer_cpu": p1 - p0, "driver_cpu": d1 - d0}
 
 
-def per_connection_ms(runs: list[dict], key: str) -> float | None:
+def per_connection_ms(runs: Sequence[dict], key: str) -> float | None:
     """CPU ms per connection of one process over C{runs}, or None if not measured."""
     if any(r[key] is None for r in runs):
         return None
     return sum(r[key] for r in runs) / sum(r["connections"] for r in runs) * 1e3
 
 
-def resumed_fraction(runs: list[dict]) -> float:
+def resumed_fraction(runs: Sequence[dict]) -> float:
     """The fraction of the peer's handshakes in C{runs} that resumed (peer's count)."""
     return sum(r["resumed"] for r in runs) / max(1, sum(r["handshakes"] for r in runs))
 
