@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 
-from bench.peer import Peer
+from bench.peer import make_peer
 from bench.run import SSAPath, download, one_connection, upload
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--native", action="store_true", help="include C frames (OpenSSL, syscalls)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="ssa-prof-")
-    peer = Peer(work).start()
+    peer = make_peer("c", work).start()
     path = SSAPath(args.backend, peer, work)
     out = os.path.join(work, "stacks.txt")
     stop = threading.Event()

@@ -3,7 +3,8 @@ The ssa benchmark: one command, one table.
 
     python -m bench.run [--quick] [--reps N] [--paths stdlib,stunnel,ssa-openssl,ssa-stdlib]
 
-It starts a TLS peer on loopback (L{bench.peer}), stunnel in client mode
+It starts a TLS peer on loopback (L{bench.peer}: C by default, one port that
+never resumes and one that does, counting resumptions itself), stunnel in client mode
 (installed with apt-get if missing), and one ssa daemon per backend; then, for
 each repetition, measures every figure on every path, interleaved (the path
 order rotates per repetition).  The application side is the same driver for
@@ -12,6 +13,12 @@ every path; only the function that returns a connected socket differs:
 - C{stdlib}: the application does TLS itself (C{ssl} wrap of a TCP socket);
 - C{stunnel}: a plain TCP socket to stunnel's accept port;
 - C{ssa-openssl}, C{ssa-stdlib}: C{ssa.client.socket(...)}, IPPROTO_TLS.
+
+"Full" figures go to the peer's port without tickets or session cache, with
+resumption also off on the client side of every path (C{TLS_SESSION_REUSE = 0}
+for ssa, C{sessionResume = no} for stunnel, no session for stdlib); the
+"resume" figures go to the port that resumes, with resumption on everywhere.
+The peer's own counts say how many handshakes of each figure resumed.
 
 It prints medians per path and the median of per-repetition ratios to stunnel,
 and writes the raw results to C{bench/results/<timestamp>.json}.
@@ -32,13 +39,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.peer import HEADER, Peer  # noqa: E402
+from bench.peer import HEADER, PEERS, Peer, make_peer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -102,22 +110,27 @@ def free_port() -> int:
 
 
 class Stunnel:
-    """stunnel in client mode: one service without, one with session resumption."""
+    """
+    stunnel in client mode: one service without session resumption (to the
+    peer's full-handshake port), one with it (to the peer's resumption port).
+    """
 
     def __init__(self, peer: Peer, directory: str) -> None:
         self.full_port = free_port()
         self.resume_port = free_port()
         self.conf = os.path.join(directory, "stunnel.conf")
         common = (
-            f"client = yes\nconnect = 127.0.0.1:{peer.port}\nverifyChain = yes\n"
+            "client = yes\nverifyChain = yes\n"
             f"CAfile = {peer.ca_path}\ncheckHost = localhost\nsni = localhost\n"
             "sslVersionMin = TLSv1.3\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n"
         )
         Path(self.conf).write_text(
             "foreground = yes\npid =\ndebug = 3\n"
             f"output = {os.path.join(directory, 'stunnel.log')}\n"
-            f"[full]\naccept = 127.0.0.1:{self.full_port}\n{common}sessionResume = no\n"
-            f"[resume]\naccept = 127.0.0.1:{self.resume_port}\n{common}sessionResume = yes\n"
+            f"[full]\naccept = 127.0.0.1:{self.full_port}\nconnect = 127.0.0.1:{peer.full_port}\n"
+            f"{common}sessionResume = no\n"
+            f"[resume]\naccept = 127.0.0.1:{self.resume_port}\nconnect = 127.0.0.1:{peer.resume_port}\n"
+            f"{common}sessionResume = yes\n"
         )
 
     def start(self) -> "Stunnel":
@@ -154,14 +167,14 @@ class StdlibPath(Path_):
     name = "stdlib"
 
     def __init__(self, peer: Peer) -> None:
-        self.addr = ("127.0.0.1", peer.port)
+        self.peer = peer
         self.ctx = ssl.create_default_context(cafile=peer.ca_path)
         self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         self.session = None
         self.lock = threading.Lock()
 
     def connect(self, resume: bool = False):
-        raw = socket.create_connection(self.addr)
+        raw = socket.create_connection(("127.0.0.1", self.peer.port(resume)))
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s = self.ctx.wrap_socket(raw, server_hostname="localhost",
                                  session=self.session if resume else None)
@@ -193,7 +206,7 @@ class SSAPath(Path_):
         from ssa.testing.daemon import DaemonProcess
 
         self.name = f"ssa-{backend}"
-        self.addr = ("127.0.0.1", peer.port)
+        self.peer = peer
         self.ca_pem = Path(peer.ca_path).read_text()
         self.backend = backend
         self.args = ["--backend", backend] + (["--workers", str(workers)] if workers > 1 else [])
@@ -216,9 +229,11 @@ class SSAPath(Path_):
         one_connection(self, False)  # warm: imports, context caches
         return old
 
-    def prepared(self, resume: bool = False):
+    def prepared(self, resume: bool | None = False):
         """
-        A socket with every option the application sets before connect().
+        A socket with every option the application sets before connect():
+        C{TLS_SESSION_REUSE} is set to C{resume} (left at the daemon's
+        default if L{None}).
         """
         from ssa import client
 
@@ -229,8 +244,8 @@ class SSAPath(Path_):
             s.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "localhost")
             # Like the other paths (stunnel's socket = r:TCP_NODELAY=1).
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if resume:
-                s.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 1)
+            if resume is not None:
+                s.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, int(resume))
         except BaseException:
             s.close()
             raise
@@ -239,7 +254,7 @@ class SSAPath(Path_):
     def connect(self, resume: bool = False):
         s = self.prepared(resume)
         try:
-            s.connect(self.addr)
+            s.connect(("127.0.0.1", self.peer.port(resume)))
         except BaseException:
             s.close()
             raise
@@ -257,7 +272,7 @@ class SSAPath(Path_):
         times = []
         for _ in range(count):
             t0 = time.perf_counter()
-            s = self.prepared()
+            s = self.prepared(None)
             s.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, 64)
             times.append(time.perf_counter() - t0)
             s.close()
@@ -321,8 +336,7 @@ def one_connection(path: Path_, resume: bool) -> float:
 
 
 def connections(path: Path_, clients: int, total: int, resume: bool) -> tuple[float, list[float]]:
-    if resume:
-        one_connection(path, True)  # prime the session cache
+    """C{total} connections by C{clients} threads: (connections per second, latencies)."""
     t0 = time.perf_counter()
     if clients == 1:
         lat = [one_connection(path, resume) for _ in range(total)]
@@ -330,6 +344,38 @@ def connections(path: Path_, clients: int, total: int, resume: bool) -> tuple[fl
         with ThreadPoolExecutor(clients) as pool:
             lat = list(pool.map(lambda _: one_connection(path, resume), range(total)))
     return total / (time.perf_counter() - t0), lat
+
+
+def counted_connections(path: Path_, peer: Peer, clients: int, total: int, resume: bool) -> dict:
+    """
+    L{connections}, with what the peer counted (handshakes, resumed) and the
+    CPU seconds of the TLS process, the peer and this driver over the run.
+    A resumption run is primed first (one connection, not counted).
+    """
+    if resume:
+        one_connection(path, True)
+    tls_cpu = (lambda: cpu_seconds(path.pid)) if path.pid else (lambda: 0.0)
+    h0, c0, p0, d0 = peer.handshakes(resume), tls_cpu(), cpu_seconds(peer.pid), time.process_time()
+    rate, lat = connections(path, clients, total, resume)
+    h1, c1, p1, d1 = peer.handshakes(resume), tls_cpu(), cpu_seconds(peer.pid), time.process_time()
+    if h1[0] - h0[0] != total:
+        print(f"warning: {path.name}: the peer counted {h1[0] - h0[0]} handshakes for {total} connections",
+              file=sys.stderr)
+    return {"rate": rate, "lat": lat, "connections": total, "handshakes": h1[0] - h0[0],
+            "resumed": h1[1] - h0[1], "tls_cpu": c1 - c0 if path.pid else None,
+            "peer_cpu": p1 - p0, "driver_cpu": d1 - d0}
+
+
+def per_connection_ms(runs: Sequence[dict], key: str) -> float | None:
+    """CPU ms per connection of one process over C{runs}, or None if not measured."""
+    if any(r[key] is None for r in runs):
+        return None
+    return sum(r[key] for r in runs) / sum(r["connections"] for r in runs) * 1e3
+
+
+def resumed_fraction(runs: Sequence[dict]) -> float:
+    """The fraction of the peer's handshakes in C{runs} that resumed (peer's count)."""
+    return sum(r["resumed"] for r in runs) / max(1, sum(r["handshakes"] for r in runs))
 
 
 def idle_memory(path: Path_, count: int) -> float | None:
@@ -372,22 +418,25 @@ def measure(path: Path_, cfg: dict, peer: Peer) -> dict:
     r["download_MBps"] = download(path, cfg["bulk"])
     r["cpu_s_per_GB"] = (cpu() - c0) / (2 * cfg["bulk"] / 1e9) if path.pid else None
 
-    c0 = cpu()
-    h0 = peer.handshakes()
-    r["conn_per_s_1"], lat = connections(path, 1, cfg["seq"], False)
-    r["conn_per_s_50"], _ = connections(path, 50, cfg["par"], False)
-    h1 = peer.handshakes()
-    n = cfg["seq"] + cfg["par"]
-    r["cpu_ms_per_conn"] = (cpu() - c0) / n * 1e3 if path.pid else None
-    r["connect_p50_ms"] = pct(lat, 0.5) * 1e3
-    r["connect_p99_ms"] = pct(lat, 0.99) * 1e3
-
-    r["resume_conn_per_s_1"], rlat = connections(path, 1, cfg["seq"], True)
-    r["resume_conn_per_s_50"], _ = connections(path, 50, cfg["par"], True)
-    h2 = peer.handshakes()
-    r["resume_connect_p50_ms"] = pct(rlat, 0.5) * 1e3
-    r["full_handshakes_resumed"] = h1[1] - h0[1]
-    r["resumed_fraction"] = (h2[1] - h1[1]) / max(1, h2[0] - h1[0])
+    full1 = counted_connections(path, peer, 1, cfg["seq"], False)
+    full50 = counted_connections(path, peer, 50, cfg["par"], False)
+    res1 = counted_connections(path, peer, 1, cfg["seq"], True)
+    res50 = counted_connections(path, peer, 50, cfg["par"], True)
+    for name, run in (("full_1", full1), ("full_50", full50), ("resume_1", res1), ("resume_50", res50)):
+        r[f"peer_count_{name}"] = [run["handshakes"], run["resumed"]]
+    r["conn_per_s_1"], r["conn_per_s_50"] = full1["rate"], full50["rate"]
+    r["resume_conn_per_s_1"], r["resume_conn_per_s_50"] = res1["rate"], res50["rate"]
+    r["full_resumed_fraction"] = resumed_fraction([full1, full50])
+    r["resumed_fraction_1"] = resumed_fraction([res1])
+    r["resumed_fraction_50"] = resumed_fraction([res50])
+    r["connect_p50_ms"] = pct(full1["lat"], 0.5) * 1e3
+    r["connect_p99_ms"] = pct(full1["lat"], 0.99) * 1e3
+    r["resume_connect_p50_ms"] = pct(res1["lat"], 0.5) * 1e3
+    r["cpu_ms_per_conn"] = per_connection_ms([full1, full50], "tls_cpu")
+    r["resume_cpu_ms_per_conn"] = per_connection_ms([res1, res50], "tls_cpu")
+    r["peer_cpu_ms_per_conn"] = per_connection_ms([full1, full50], "peer_cpu")
+    r["resume_peer_cpu_ms_per_conn"] = per_connection_ms([res1, res50], "peer_cpu")
+    r["driver_cpu_ms_per_conn"] = per_connection_ms([full1, full50], "driver_cpu")
 
     r["control_path_ms"] = (pct(path.control_path(cfg["seq"]), 0.5) * 1e3
                             if isinstance(path, SSAPath) else None)
@@ -404,12 +453,18 @@ FIGURES = [
     ("conn_per_s_50", "new conn/s, 50 clients (full)", "higher"),
     ("resume_conn_per_s_1", "new conn/s, 1 client (resume)", "higher"),
     ("resume_conn_per_s_50", "new conn/s, 50 clients (resume)", "higher"),
-    ("resumed_fraction", "fraction actually resumed", ""),
+    ("full_resumed_fraction", "resumed (peer's count), full runs", ""),
+    ("resumed_fraction_1", "resumed (peer's count), 1 client", ""),
+    ("resumed_fraction_50", "resumed (peer's count), 50 clients", ""),
     ("connect_p50_ms", "connect+1st RTT p50 ms", "lower"),
     ("connect_p99_ms", "connect+1st RTT p99 ms", "lower"),
     ("resume_connect_p50_ms", "resumed connect p50 ms", "lower"),
     ("cpu_s_per_GB", "TLS-process CPU s/GB", "lower"),
-    ("cpu_ms_per_conn", "TLS-process CPU ms/conn", "lower"),
+    ("cpu_ms_per_conn", "TLS-process CPU ms/conn (full)", "lower"),
+    ("resume_cpu_ms_per_conn", "TLS-process CPU ms/conn (resume)", "lower"),
+    ("peer_cpu_ms_per_conn", "peer CPU ms/conn (full)", ""),
+    ("resume_peer_cpu_ms_per_conn", "peer CPU ms/conn (resume)", ""),
+    ("driver_cpu_ms_per_conn", "driver CPU ms/conn (full)", ""),
     ("idle_KiB_per_conn", "RSS KiB/idle conn (1000)", "lower"),
     ("control_path_ms", "control path p50 ms (ssa only)", "lower"),
 ]
@@ -437,7 +492,7 @@ def summarize(raw: dict, names: list[str]) -> str:
                 continue
             ratios = [rep[n][key] / rep["stunnel"][key] for rep in reps
                       if rep[n].get(key) is not None and rep["stunnel"].get(key)]
-            row.append(f"{statistics.median(ratios):.2f}x" if ratios and key != "resumed_fraction" else "-")
+            row.append(f"{statistics.median(ratios):.2f}x" if ratios and better else "-")
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = []
@@ -457,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paths", default="stdlib,stunnel,ssa-openssl,ssa-stdlib")
     ap.add_argument("--workers", type=int, default=1, help="worker processes of each ssa daemon")
     ap.add_argument("--config", help="the ssa daemons' policy file (e.g. path-validation: rfc5280)")
+    ap.add_argument("--peer", choices=sorted(PEERS), default="c",
+                    help="the TLS server: c (bench/peer.c, built now) or python (stdlib ssl)")
     args = ap.parse_args(argv)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -468,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the stunnel path is the reference; keep it in --paths")
 
     workdir = tempfile.mkdtemp(prefix="ssa-bench-")
-    peer = Peer(workdir).start()  # forks first, before any thread exists
+    peer = make_peer(args.peer, workdir).start()  # forks first, before any thread exists
     started: list = []
     try:
         tunnel = Stunnel(peer, workdir).start()
@@ -491,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raw = {"config": cfg, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "python": sys.version.split()[0], "ssl": ssl.OPENSSL_VERSION,
-               "cpus": os.cpu_count(), "workers": args.workers, "repetitions": []}
+               "cpus": os.cpu_count(), "workers": args.workers, "peer": args.peer, "repetitions": []}
         t_start = time.monotonic()
         for rep in range(args.reps):
             order = names[rep % len(names):] + names[: rep % len(names)]
