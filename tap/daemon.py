@@ -61,7 +61,8 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this Twisted server endpoint "
          "(e.g. tcp:9464:interface=127.0.0.1), summed over every worker."],
-        ["log-format", None, "text", "Log as 'text' (the default) or 'json' (one object per line)."],
+        ["log-format", None, None,
+         "Log as 'text' or 'json' (one object per line); default: the policy's log-format, else text."],
         ["worker-index", None, None, "Internal: the main process starts worker K with it.", int],
         ["inherit-control-fd", None, None, "Internal: a worker's inherited control socket.", int],
         ["link-fd", None, None, "Internal: a worker's link to the main process.", int],
@@ -73,6 +74,8 @@ class Options(usage.Options):
         """
         if self["socket"] is None:
             self["socket"] = daemon_socket_path()
+        if self["log-format"] is None:
+            self["log-format"] = _policy_log_format(self["config"])
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         if self["log-format"] == "json":
@@ -88,6 +91,19 @@ class Options(usage.Options):
                     "--worker-index, --inherit-control-fd and --link-fd are internal: the main process "
                     "passes all three to the worker processes it starts"
                 )
+
+
+def _policy_log_format(config: str | None) -> str:
+    """
+    The policy file's C{log-format}, read while the options are parsed
+    (the log is set up before the daemon is made); C{text} when the file
+    cannot be read, whose errors the daemon reports when it loads it.
+    """
+    try:
+        policies = load_policy(config) if config else load_default()
+    except Exception:  # noqa: BLE001 (reported, with its line, by makeService)
+        return "text"
+    return policies.default.log_format
 
 
 def _log_json(parent: usage.Options | None) -> None:

@@ -204,6 +204,25 @@ class MetricsTests(WorkersTestCase):
                 time.sleep(0.05)
 
 
+class PolicyLogFormatTests(DaemonTestCase):
+    """
+    The policy file's C{log-format: json}, with no C{--log-format}.
+    """
+
+    def daemon_arguments(self) -> list[str]:
+        config = os.path.join(self.tmp, "config.yml")
+        with open(config, "w") as f:
+            f.write("log-format: json\n")
+        return ["--config", config]
+
+    def test_policy_key_chooses_json(self) -> None:
+        with self.trusting_socket() as sock:
+            self.assertRaises(OSError, sock.connect, ("127.0.0.1", free_port()))
+        self.daemon.wait_for_log('"outcome": "failed"')
+        events = [json.loads(line) for line in self.daemon.log().splitlines() if line.strip()]
+        self.assertTrue(any(event.get("outcome") == "failed" for event in events))
+
+
 class JSONLogTests(DaemonTestCase):
     """
     C{--log-format json} with two workers.
