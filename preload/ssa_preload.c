@@ -167,14 +167,15 @@ static void free_sock(struct ssa_sock *s)
 static void post_close(struct ssa_sock *s);
 
 /*
- * Drop one reference; the last closes the control connection. A socket no
- * other process can hold is closed with CLOSE first: the daemon takes a
- * connection that ends without it for the program's death and resets the
- * peer (docs/protocol.md, "Ends"). After fork another process may still
+ * Drop one reference, keeping errno; the last closes the control
+ * connection. A socket no other process can hold is closed with CLOSE
+ * first: the daemon takes a connection that ends without it for the
+ * program's death and resets the peer (docs/protocol.md, "Ends"). After fork another process may still
  * use it, so only the connection's end is left to the daemon.
  */
 static void release(struct ssa_sock *s)
 {
+    int saved = errno;          /* callers return the failure they had */
     pthread_mutex_lock(&table_lock);
     int left = --s->refs;
     if (left == 0)
@@ -185,6 +186,7 @@ static void release(struct ssa_sock *s)
             post_close(s);
         free_sock(s);
     }
+    errno = saved;
 }
 
 /* The socket behind fd, held (release() it), or NULL. */
@@ -696,9 +698,7 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         drop_reply(&r);
         rc = 0;
     }
-    int e = errno;
     release(s);
-    errno = e;
     return rc;
 }
 
@@ -778,9 +778,7 @@ int listen(int fd, int backlog)
         drop_reply(&r);
         rc = 0;
     }
-    int e = errno;
     release(s);
-    errno = e;
     return rc;
 }
 
