@@ -55,6 +55,23 @@ class DaemonTestCase(SynchronousTestCase):
         self.addCleanup(sock.close)
         return sock
 
+    def listener(
+        self, chain: bytes | None = None, key: bytes | None = None, backlog: int = 128, **options: object
+    ) -> client.SSASocket:
+        """
+        A socket listening on 127.0.0.1 with this test's server
+        certificate; C{options} are further C{IPPROTO_TLS} options by
+        name (e.g. C{TLS_REQUEST_PEER_AUTH=1}).
+        """
+        sock = self.tls_socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_CERTIFICATE_CHAIN, chain or self.server_key.chain_pem())
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_PRIVATE_KEY, key or self.server_key.key_pem())
+        for name, value in options.items():
+            sock.setsockopt(client.IPPROTO_TLS, getattr(client, name), value)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(backlog)
+        return sock
+
     def trusting_socket(
         self, hostname: str | None = "localhost", ca: CertificateAuthority | None = None,
         family: int = socket.AF_INET, nonblocking: bool = False,

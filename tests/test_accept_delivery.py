@@ -108,14 +108,6 @@ class AcceptDeliveryTests(DaemonTestCase):
     The server role: an accepted socket used at once.
     """
 
-    def listener(self) -> client.SSASocket:
-        server = self.tls_socket()
-        server.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
-        server.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
-        server.bind(("127.0.0.1", 0))
-        server.listen(128)
-        return server
-
     def test_request_in_the_handshakes_last_read(self) -> None:
         """
         A blocked accept() is answered inside the read that completes the
@@ -232,11 +224,7 @@ class ListenerCloseTests(DaemonTestCase):
 
     def test_closed_listener_refuses_and_frees_its_port(self) -> None:
         for _ in range(20):
-            server = self.tls_socket()
-            server.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
-            server.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
-            server.bind(("127.0.0.1", 0))
-            server.listen(8)
+            server = self.listener(backlog=8)
             port = server.getsockname()[1]
             server.close()
             self.assertRaises(ConnectionRefusedError, socket.create_connection, ("127.0.0.1", port), 10)

@@ -150,13 +150,7 @@ class ServerRoleRefusalTests(DaemonTestCase):
         the stdlib backend refuses a certificate it cannot parse only after
         the handshake, when no alert can be sent any more).
         """
-        sock = self.tls_socket()
-        sock.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
-        sock.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
-        sock.setsockopt(TLS, client.TLS_REQUEST_PEER_AUTH, 1)
-        sock.setsockopt(TLS, client.TLS_TRUSTED_PEER_CERTIFICATES, self.ca.cert_pem())
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
+        sock = self.listener(backlog=8, TLS_REQUEST_PEER_AUTH=1, TLS_TRUSTED_PEER_CERTIFICATES=self.ca.cert_pem())
         sock.setblocking(False)
         files = certified.write(self.tmp, "client")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -62,10 +62,7 @@ class ChannelSharingTests(DaemonTestCase):
         works.
         """
         for _ in range(10):
-            listener = self.tls_socket()
-            listener.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
-            listener.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
-            listener.listen(4)
+            listener = self.listener(backlog=4)
             accepting = self.pool.submit(listener.accept)
             listener.close()
             self.assertNewSocketWorks()

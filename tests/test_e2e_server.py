@@ -95,19 +95,6 @@ class ServerTests(DaemonTestCase):
 
     daemon_args = ["--handshake-timeout", "2"]
 
-    def listener(self, chain: bytes | None = None, key: bytes | None = None, backlog: int = 128, **options) -> client.SSASocket:
-        """
-        A listening SSA socket with this test's server certificate.
-        """
-        sock = self.tls_socket()
-        sock.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, chain or self.server_key.chain_pem())
-        sock.setsockopt(TLS, client.TLS_PRIVATE_KEY, key or self.server_key.key_pem())
-        for name, value in options.items():
-            sock.setsockopt(TLS, getattr(client, name), value)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(backlog)
-        return sock
-
     def ca_file(self) -> str:
         """
         This test's CA certificate as a file.

@@ -172,13 +172,7 @@ class _PolicyDaemon(DaemonTestCase):
         what a client presenting one with a 2052-bit RSA key first reads
         (bytes, or the error raised).
         """
-        sock = self.tls_socket()
-        sock.setsockopt(TLS, client.TLS_CERTIFICATE_CHAIN, self.server_key.chain_pem())
-        sock.setsockopt(TLS, client.TLS_PRIVATE_KEY, self.server_key.key_pem())
-        sock.setsockopt(TLS, client.TLS_REQUEST_PEER_AUTH, 1)
-        sock.setsockopt(TLS, client.TLS_TRUSTED_PEER_CERTIFICATES, self.ca.cert_pem())
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
+        sock = self.listener(backlog=8, TLS_REQUEST_PEER_AUTH=1, TLS_TRUSTED_PEER_CERTIFICATES=self.ca.cert_pem())
         files = self.ca.issue_client("mallory", key_type="rsa", key_size=2052).write(self.tmp, "client")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(cadata=self.ca.cert_pem().decode())

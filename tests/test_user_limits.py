@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import struct
+import sys
 import tempfile
 import termios
 import time
@@ -155,6 +156,52 @@ class PolicyBoundTests(UserLimitTests):
         # Once the first process is gone, nobody has room again.
         count, err, message = self.open_until_refused(50)
         self.assertEqual((count, err), (20, errno.EMFILE), message)
+
+
+class ConnectionBoundTests(UserLimitTests):
+    config = "max-sockets-per-user: 20\n"
+
+    def test_control_connections_are_bounded(self) -> None:
+        """
+        Nobody opens 40 control connections: 36 (its 20 sockets, plus 16)
+        are served, the rest get a tag-0 EMFILE frame naming the bound and
+        are closed; root still works.
+        """
+        path = self.daemon.socket_path
+        request = wire.encode_frame(wire.Op.SOCKET, 1, 0, wire.SOCKET_ARGS.pack(socket.AF_INET, socket.SOCK_STREAM, 205))
+
+        def work() -> list:
+            conns = []
+            for _ in range(40):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(path)
+                sock.settimeout(30)
+                conns.append(sock)
+            outcomes = []
+            for sock in conns:
+                try:
+                    sock.sendall(request)
+                except OSError:
+                    pass  # already closed by the daemon; its frame is still there to read
+                decoder, frames = wire.FrameDecoder(), []
+                while not frames:
+                    data, ancdata, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(16))
+                    for _, _, payload in ancdata:
+                        os.close(int.from_bytes(payload[:4], sys.byteorder))
+                    if not data:
+                        break
+                    frames = decoder.feed(data)
+                code, reason = wire.decode_reply_body(frames[0].body)
+                outcomes.append([frames[0].tag, code, reason.decode(errors="replace")])
+            return outcomes
+
+        outcomes = as_user(NOBODY, work)
+        self.assertEqual([o[:2] for o in outcomes[:20]], [[1, 0]] * 20, outcomes)
+        self.assertEqual([o[:2] for o in outcomes[20:36]], [[1, errno.EMFILE]] * 16, outcomes)
+        for outcome in outcomes[36:]:
+            self.assertEqual(outcome[:2], [0, errno.EMFILE], outcomes)
+            self.assertIn("36 control connections", outcome[2])
+        self.assertRootStillWorks()
 
 
 class DescriptorShareTests(UserLimitTests):
