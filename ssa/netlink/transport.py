@@ -145,7 +145,7 @@ class NetlinkPort(FileDescriptor):
         """
         Hand on every waiting datagram from the peer.
         """
-        while True:
+        while self.socket.fileno() >= 0:
             try:
                 data, sender = receive(self.socket)
             except BlockingIOError:
@@ -156,7 +156,7 @@ class NetlinkPort(FileDescriptor):
                     continue
                 raise
             if sender != self.address.peer_pid and (self.address.require_kernel_sender or sender == self.pid):
-                log.warning("dropped a netlink message from port id {sender}", sender=sender)
+                log.warn("dropped a netlink message from port id {sender}", sender=sender)  # noqa: G010
                 continue
             self.handler(data)
 
@@ -169,7 +169,7 @@ class NetlinkPort(FileDescriptor):
             self.socket.sendto(data, (self.address.peer_pid, 0))
             return True
         except OSError as e:
-            log.warning("netlink send to port id {peer} failed: {error}", peer=self.address.peer_pid, error=e)
+            log.warn("netlink send to port id {peer} failed: {error}", peer=self.address.peer_pid, error=e)  # noqa: G010
             return False
 
     def writeSomeData(self, data: bytes) -> int:

@@ -129,12 +129,12 @@ class FakeModule:
             if not flags & wire.NLM_F_REQUEST:
                 self.rejected.append((raw, "no NLM_F_REQUEST: the kernel skips it"))
                 continue
-            error = self._handle(kind, seq, body, raw)
+            error = self._handle(kind, flags, seq, pid, body, raw)
             if error is not None and (flags & wire.NLM_F_ACK or error):
                 self.acks.append((seq, error))
                 self.port.send(wire.encode_ack(error, raw))
 
-    def _handle(self, kind: int, seq: int, body: bytes, raw: bytes) -> int | None:
+    def _handle(self, kind: int, flags: int, seq: int, pid: int, body: bytes, raw: bytes) -> int | None:
         if kind == wire.GENL_ID_CTRL:
             name = wire.getfamily_name(body)
             if name != wire.FAMILY_NAME:
@@ -146,7 +146,7 @@ class FakeModule:
             self.rejected.append((raw, f"unknown command {body[0]}"))
             return -errno.EOPNOTSUPP
         try:
-            message = wire.decode(self.family_id, kind, 0, seq, 0, body)
+            message = wire.decode(self.family_id, kind, flags, seq, pid, body)
         except NetlinkDecodeError as e:
             self.rejected.append((raw, str(e)))
             return -errno.EINVAL
