@@ -63,6 +63,13 @@ class Options(usage.Options):
          "(e.g. tcp:9464:interface=127.0.0.1), summed over every worker."],
         ["log-format", None, None,
          "Log as 'text' or 'json' (one object per line); default: the policy's log-format, else text."],
+        ["frontend", None, "unix",
+         "How applications reach the daemon: unix, netlink (the SSA kernel module) or unix,netlink. "
+         "With --workers, the main process alone serves netlink."],
+        ["netlink-port", None, 8443,
+         "The netlink port id and loopback TCP port the SSA kernel module sends to (its DAEMON_START_PORT).", int],
+        ["netlink-peer", None, None,
+         "Internal (tests): serve a simulated module on NETLINK_USERSOCK at this port id.", int],
         ["worker-index", None, None, "Internal: the main process starts worker K with it.", int],
         ["inherit-control-fd", None, None, "Internal: a worker's inherited control socket.", int],
         ["link-fd", None, None, "Internal: a worker's link to the main process.", int],
@@ -80,7 +87,13 @@ class Options(usage.Options):
             raise usage.UsageError(f"--log-format must be text or json, not {self['log-format']!r}")
         if self["log-format"] == "json":
             _log_json(getattr(self, "parent", None))
+        frontends = self["frontend"].split(",")
+        if not frontends or set(frontends) - {"unix", "netlink"} or len(set(frontends)) != len(frontends):
+            raise usage.UsageError(f"--frontend must be unix, netlink or unix,netlink, not {self['frontend']!r}")
+        self["frontends"] = frozenset(frontends)
         workers = self["workers"]
+        if workers > 1 and "unix" not in frontends:
+            raise usage.UsageError("--workers needs the unix frontend: the extra workers serve only it")
         if not 1 <= workers <= MAX_WORKERS:
             raise usage.UsageError(f"--workers must be between 1 and {MAX_WORKERS}, not {workers}")
         internal = [self[name] for name in ("worker-index", "inherit-control-fd", "link-fd")]
@@ -349,9 +362,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     notifier = systemd.Notifier()
     inherited = systemd.INHERITED[0] if systemd.INHERITED and not index else None
     if not index:
+        _serve_netlink(reactor, options, sockets, top)
         ReadinessService(reactor, notifier).setServiceParent(top)
     if count == 1:
-        UnixFrontendService(reactor, options["socket"], sockets, inherited=inherited).setServiceParent(top)
+        if "unix" in options["frontends"]:
+            UnixFrontendService(reactor, options["socket"], sockets, inherited=inherited).setServiceParent(top)
         PolicyReloader(reactor, sockets, load, notifier=notifier).setServiceParent(top)
         _serve_metrics(reactor, options, sockets, None, top)
         return top
@@ -374,6 +389,22 @@ def makeService(options: Options, reactor=None) -> MultiService:
     ).setServiceParent(top)
     _serve_metrics(reactor, options, sockets, workers, top)
     return top
+
+
+def _serve_netlink(reactor, options: Options, sockets: SocketService, top: MultiService) -> None:
+    """
+    With C{--frontend} naming netlink, serve the SSA kernel module from
+    this (the main) process; a missing module stops the daemon unless the
+    Unix frontend runs too.
+    """
+    if "netlink" not in options["frontends"]:
+        return
+    from ssa.frontends.netlink import netlink_service
+
+    service = netlink_service(reactor, sockets, options["netlink-port"], options["netlink-peer"],
+                              required="unix" not in options["frontends"])
+    if service is not None:
+        service.setServiceParent(top)
 
 
 def _serve_metrics(

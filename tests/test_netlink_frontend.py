@@ -24,7 +24,12 @@ from twisted.trial.unittest import TestCase
 from ssa import edge
 from ssa.backend_choice import load_backend
 from ssa.constants import (
-    IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, TLS_HOSTNAME, TLS_ID, TLS_PEER_IDENTITY, TLS_PRIVATE_KEY,
+    IPPROTO_TLS,
+    TLS_CERTIFICATE_CHAIN,
+    TLS_HOSTNAME,
+    TLS_ID,
+    TLS_PEER_IDENTITY,
+    TLS_PRIVATE_KEY,
     TLS_TRUSTED_PEER_CERTIFICATES,
 )
 from ssa.frontends.netlink import NetlinkFrontend
@@ -227,10 +232,10 @@ class NetlinkFrontendTests(TestCase):
 
         def tls_client() -> bytes:
             context = ssl.create_default_context(cadata=self.ca.root_pem().decode())
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
-                with context.wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.sendall(b"hello server")
-                    return tls.recv(100)
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"hello server")
+                return tls.recv(100)
 
         answer = deferToThread(tls_client)
         accepted, peer = yield listener.accept()

@@ -25,6 +25,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from twisted.application.service import Service
+from twisted.internet.defer import gatherResults
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -39,7 +41,16 @@ from ..constants import (
 from ..errors import SSAError
 from ..interfaces import ISocketAPI
 from ..netlink import wire
-from ..netlink.transport import NetlinkAddress, NetlinkPort
+from ..netlink.transport import (
+    DAEMON_PORT,
+    NETLINK_GENERIC,
+    NETLINK_USERSOCK,
+    FamilyMissing,
+    NetlinkAddress,
+    NetlinkPort,
+    open_netlink,
+    resolve_family,
+)
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
 from ..peer import PeerIdentity
 from .plaintext_tcp import LOOPBACK, ExpectedConnections, Relay, RelaySide
@@ -145,7 +156,7 @@ class NetlinkFrontend:
 
     # Input
 
-    def datagram_received(self, data: bytes) -> None:
+    def datagram_received(self, data: bytes, sender: int = 0) -> None:
         """
         Handle each message of a datagram from the module, in order.
         """
@@ -417,3 +428,72 @@ _HANDLERS = {
     Command.ACCEPT_NOTIFY: NetlinkFrontend._accept,
     Command.CLOSE_NOTIFY: NetlinkFrontend._close_notify,
 }
+
+
+class NetlinkFrontendService(Service):
+    """
+    The netlink frontend as a Twisted service of the daemon.
+    """
+
+    def __init__(self, frontend: NetlinkFrontend) -> None:
+        self.frontend = frontend
+
+    def startService(self) -> None:
+        """
+        Listen on netlink and on the loopback plaintext port.
+        """
+        super().startService()
+        self.frontend.start()
+        log.info("SSA daemon serving the SSA kernel module (generic netlink family {family}, port id {pid}, "
+                 "plaintext on loopback port {port})", family=self.frontend.family_id,
+                 pid=self.frontend.address.local_pid, port=self.frontend.plaintext_port)
+
+    def stopService(self):
+        """
+        Close every socket of the module and stop listening.
+        """
+        super().stopService()
+        return gatherResults(self.frontend.stop())
+
+
+def netlink_service(reactor, api: ISocketAPI, port: int = DAEMON_PORT, peer: int | None = None,
+                    required: bool = True) -> NetlinkFrontendService | None:
+    """
+    Make the netlink frontend's service, checking now that it can run: the
+    SSA family exists (the module is loaded) and no other daemon holds the
+    port id.
+
+    @param port: the daemon's netlink port id and plaintext TCP port (the
+        module's C{DAEMON_START_PORT}, 8443).
+    @param peer: for tests, the port id of a simulated module on
+        C{NETLINK_USERSOCK}; L{None}: the kernel.
+    @param required: whether a missing module stops the daemon
+        (C{--frontend netlink}) or is only a warning (C{unix,netlink}).
+    @return: the service, or L{None} when the module is missing and not
+        required.
+    @raise SystemExit: the frontend cannot run and is required, or the
+        port id is taken.
+    """
+    address = (NetlinkAddress(NETLINK_USERSOCK, port, peer, False) if peer is not None
+               else NetlinkAddress(NETLINK_GENERIC, port, 0, True))
+    try:
+        family_id, version = resolve_family(wire.FAMILY_NAME, address.proto, address.peer_pid)
+    except (FamilyMissing, OSError) as e:
+        message = (f"the netlink frontend needs the SSA kernel module, which is not loaded ({e}); load it "
+                   "(insmod ssa.ko) or run with --frontend unix")
+        if required:
+            raise SystemExit(f"ssa: {message}") from None
+        log.warn("{message}; serving the Unix frontend only", message=message)  # noqa: G010
+        return None
+    if version != wire.FAMILY_VERSION:
+        log.warn("the SSA module's family has version {version}, not {expected}", version=version,  # noqa: G010
+                 expected=wire.FAMILY_VERSION)
+    try:
+        open_netlink(address.proto, port).close()
+    except OSError as e:
+        raise SystemExit(f"ssa: cannot take netlink port id {port} ({e.strerror}): another SSA daemon "
+                         "is likely serving the module") from None
+    if peer is None and os.geteuid() != 0:
+        log.warn("not running as root: the SSA module accepts the daemon's replies only from a process "  # noqa: G010
+                 "with CAP_NET_ADMIN")
+    return NetlinkFrontendService(NetlinkFrontend(reactor, api, address, family_id))

@@ -124,10 +124,11 @@ def resolve_family(name: str = wire.FAMILY_NAME, proto: int = NETLINK_GENERIC, p
 class NetlinkPort(FileDescriptor):
     """
     A bound netlink socket in the reactor: each datagram received from
-    the peer goes to C{handler}; L{send} sends one to it.
+    the peer goes to C{handler} with its sender's port id; L{send} sends
+    one to the peer.
     """
 
-    def __init__(self, reactor, address: NetlinkAddress, handler: Callable[[bytes], None]) -> None:
+    def __init__(self, reactor, address: NetlinkAddress, handler: Callable[[bytes, int], None]) -> None:
         super().__init__(reactor)
         self.address = address
         self.handler = handler
@@ -158,15 +159,16 @@ class NetlinkPort(FileDescriptor):
             if sender != self.address.peer_pid and (self.address.require_kernel_sender or sender == self.pid):
                 log.warn("dropped a netlink message from port id {sender}", sender=sender)  # noqa: G010
                 continue
-            self.handler(data)
+            self.handler(data, sender)
 
-    def send(self, data: bytes) -> bool:
+    def send(self, data: bytes, to: int | None = None) -> bool:
         """
-        Send one datagram to the peer; say whether it went (a full peer
-        drops it, as the module drops its own when the daemon's is full).
+        Send one datagram to the peer (or port id C{to}); say whether it
+        went (a full peer drops it, as the module drops its own when the
+        daemon's is full).
         """
         try:
-            self.socket.sendto(data, (self.address.peer_pid, 0))
+            self.socket.sendto(data, (self.address.peer_pid if to is None else to, 0))
             return True
         except OSError as e:
             log.warn("netlink send to port id {peer} failed: {error}", peer=self.address.peer_pid, error=e)  # noqa: G010

@@ -118,7 +118,7 @@ class FakeModule:
 
     # Daemon messages
 
-    def _datagram(self, data: bytes) -> None:
+    def _datagram(self, data: bytes, sender: int) -> None:
         try:
             parts = wire.split(data)
         except NetlinkDecodeError as e:
@@ -129,18 +129,18 @@ class FakeModule:
             if not flags & wire.NLM_F_REQUEST:
                 self.rejected.append((raw, "no NLM_F_REQUEST: the kernel skips it"))
                 continue
-            error = self._handle(kind, flags, seq, pid, body, raw)
+            error = self._handle(kind, flags, seq, pid, body, raw, sender)
             if error is not None and (flags & wire.NLM_F_ACK or error):
                 self.acks.append((seq, error))
-                self.port.send(wire.encode_ack(error, raw))
+                self.port.send(wire.encode_ack(error, raw), sender)
 
-    def _handle(self, kind: int, flags: int, seq: int, pid: int, body: bytes, raw: bytes) -> int | None:
+    def _handle(self, kind: int, flags: int, seq: int, pid: int, body: bytes, raw: bytes, sender: int) -> int | None:
         if kind == wire.GENL_ID_CTRL:
             name = wire.getfamily_name(body)
             if name != wire.FAMILY_NAME:
                 return -errno.ENOENT
             self.port.send(wire.encode_newfamily(self.family_id, name, wire.FAMILY_VERSION, 11,
-                                                 {"notify": self.family_id + 1}, seq))
+                                                 {"notify": self.family_id + 1}, seq), sender)
             return None
         if len(body) >= wire.GENLMSGHDR.size and kind == self.family_id and body[0] not in _COMMANDS:
             self.rejected.append((raw, f"unknown command {body[0]}"))
