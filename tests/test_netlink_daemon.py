@@ -6,7 +6,6 @@ daemon says when the kernel module is missing.
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import subprocess
@@ -52,7 +51,7 @@ def run_daemon(*args: str) -> subprocess.CompletedProcess:
     """
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run([sys.executable, "-m", "twisted", "ssa", *args], capture_output=True, text=True,
-                          timeout=60, env=env)
+                          timeout=60, env=env, check=False)
 
 
 def module_loaded() -> bool:
