@@ -31,6 +31,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.daemon import SOURCE_ROOT
+from tests.test_original_suite import allowed_failures
 
 KMOD = Path(os.environ.get("SSA_KMOD_KIT", SOURCE_ROOT.parent / "shared" / "peers" / "ssa-kmod"))
 KIT = Path(os.environ.get("SSA_TESTS_KIT", SOURCE_ROOT.parent / "shared" / "peers" / "ssa-tests"))
@@ -128,18 +129,6 @@ def _run_vm(work: Path) -> dict:
     return outcome
 
 
-def allowed_failures() -> dict[str, str]:
-    """
-    The cases of L{DIFFERENCES}, with their reasons.
-    """
-    allowed = {}
-    for line in DIFFERENCES.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, reason = line.strip().partition(" ")
-            allowed[name] = reason.strip()
-    return allowed
-
-
 class RealModuleTests(SynchronousTestCase):
     """
     A C program's plain socket calls, through the real module, to the
@@ -207,7 +196,7 @@ class RealModuleTests(SynchronousTestCase):
         if not results()["suites"]:
             raise SkipTest(f"the original SSA's tests are not at {KIT} or could not be built (g++, libgtest-dev)")
         summary = self.result("suite")
-        allowed = allowed_failures()
+        allowed = allowed_failures(DIFFERENCES)
         statuses = {name: case["status"] for suite in summary["suites"].values()
                     for name, case in suite.get("tests", {}).items()}
         unexpected = {name: status for name, status in statuses.items()
