@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import TLSFailure, TLSTruncated
+from .errors import INTERNAL_ERROR, TLSFailure, TLSTruncated
 from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSStreamListener
 from .options import is_ip_literal
@@ -26,7 +26,6 @@ from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
 
 log = Logger()
-INTERNAL_ERROR = "internal error in the SSA daemon (details are in its log)"
 
 
 @implementer(ITLSStreamListener)

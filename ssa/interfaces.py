@@ -174,30 +174,119 @@ class ITLSStreamListener(Interface):
         """
 
 
+class IPlaintextStream(Interface):
+    """
+    How one socket's plaintext stream to its application is made and
+    signalled. The frontend that opens (or accepts) the socket supplies it,
+    and the core calls it as the socket changes state:
+
+      - the Unix frontend: a socketpair whose other end went to the
+        application with C{SCM_RIGHTS}; the daemon's end holds a
+        placeholder byte, so that a truncation reads as C{ECONNRESET};
+      - the netlink frontend: the loopback TCP connection the kernel makes
+        from the socket's internal address once told the handshake is done.
+
+    From the call that hands it to the core, the core owns it: it calls
+    L{close} when the socket goes, also when that call fails.
+    """
+
+    def connecting(blocking: bool) -> None:
+        """
+        C{connect()} started; a nonblocking one must not look writable to
+        the application until it ends.
+        """
+
+    def connected() -> object:
+        """
+        The handshake and every check passed.
+
+        @return: a L{Deferred} that fires with a L{PlaintextSocket}, which
+            the bridge then owns, once the application's side of the stream
+            exists (at once for a socketpair; for netlink when the kernel's
+            loopback connection arrives, after the application was told),
+            or fails if it never comes; the core keeps the TLS connection
+            paused until then, and resets it on failure.
+        """
+
+    def connect_failed() -> None:
+        """
+        The connection failed before it was established; the stream shows
+        the application that it ended.
+        """
+
+    def connection_ready() -> None:
+        """
+        A listening socket has one more connection ready for C{accept()}.
+        """
+
+    def connection_taken() -> None:
+        """
+        C{accept()} took one of a listening socket's ready connections.
+        """
+
+    def close() -> None:
+        """
+        Free what the bridge did not take (idempotent).
+        """
+
+
 class ISocketAPI(Interface):
     """
     The socket calls of SPEC section 3, as the daemon core offers them to
-    frontends. Every method raises L{ssa.errors.SSAError} on failure.
+    frontends. A frontend turns its wire format into these calls and their
+    results (or L{ssa.errors.SSAError}) back into replies; it needs nothing
+    else of the core. Addresses are C{(family, host, port)}.
     """
 
-    def open_socket(owner: object, family: int, type: int) -> object:
-        """
-        Create a NEW socket owned by C{owner} (an L{ssa.peer.PeerIdentity}).
+    policies = Attribute("The administrator's policy (L{ssa.profiles.PolicySet}), for per-peer bounds.")
 
-        @return: the new L{ssa.sockets.TLSSocket}.
+    def open_socket(owner: object, family: int, type: int, proto: int, plaintext: IPlaintextStream) -> object:
+        """
+        C{socket()}: a NEW socket owned by C{owner} (an
+        L{ssa.peer.PeerIdentity}), with its plaintext stream.
+
+        @return: the new L{ssa.sockets.TLSSocket}; its C{id} names it in
+            the other calls.
         """
 
-    def bind(socket_id: int, address: tuple) -> None:
+    def socket(socket_id: int) -> object:
         """
-        Bind the socket's network side to C{address}.
+        The L{ssa.sockets.TLSSocket} of C{socket_id} (its family, state,
+        addresses), or EBADF.
+        """
+
+    def bind(socket_id: int, address: tuple) -> tuple:
+        """
+        C{bind()}: bind the socket's network side now.
+
+        @return: the bound C{(host, port)}.
+        """
+
+    def listen(socket_id: int, backlog: int) -> tuple:
+        """
+        C{listen()}: listen on the bound address (an ephemeral port on
+        every address if unbound) and run server handshakes.
+
+        @return: the C{(host, port)} listened on.
+        """
+
+    def accept(listener_id: int, owner: object, blocking: bool, plaintext: IPlaintextStream) -> object:
+        """
+        C{accept()}: the oldest connection whose handshake succeeded, as a
+        new CONNECTED socket of C{owner} with stream C{plaintext}.
+
+        @return: a L{Deferred} firing with the new L{ssa.sockets.TLSSocket};
+            a nonblocking accept with none ready raises EAGAIN at once.
         """
 
     def connect(socket_id: int, address: tuple, blocking: bool) -> object:
         """
-        Start connecting.
+        C{connect()}: start connecting.
 
-        @return: a L{Deferred} that fires with L{None} on success or fails
-            with L{ssa.errors.SSAError}.
+        @return: a L{Deferred} that fires with L{None} once connected or
+            fails with L{ssa.errors.SSAError}; for a nonblocking connect the
+            frontend answers EINPROGRESS at once and the outcome is kept for
+            C{SO_ERROR}.
         """
 
     def setsockopt(socket_id: int, level: int, name: int, value: bytes) -> None:

@@ -39,6 +39,7 @@ from .service import SocketService
 from .status import local_report
 from .twisted_internals import adopt_with_credentials
 from .wire import Frame, Op
+from .frontends.socketpair import SocketpairStream
 
 log = Logger()
 
@@ -157,9 +158,9 @@ class CrossWorker:
         _leave(transport)
         replay = self.replay.get(socket_id)
         self.replay.forget(socket_id)
-        fds = [control, entry.app_end]
-        if entry.daemon_end is not None:
-            fds.append(entry.daemon_end)
+        stream = entry.plaintext
+        assert isinstance(stream, SocketpairStream) and stream.daemon_end is not None
+        fds = [control, stream.app_end, stream.daemon_end]
         if entry.bound is not None:
             fds.append(entry.bound.detach())
         log.info("moving socket {socket:#x} to worker {target} for its TLS_CONTEXT",
@@ -270,7 +271,7 @@ class CrossWorker:
         bound = socket.socket(fileno=rest[0]) if rest else None
         try:
             sock = self.service.adopt_new_socket(
-                owner, message.socket_id, message.family, app_end, daemon_end, bound
+                owner, message.socket_id, message.family, SocketpairStream(app_end, daemon_end), bound
             )
         except BaseException:
             if bound is not None:

@@ -28,15 +28,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import status, wire
-from ..connector import INTERNAL_ERROR
-from ..errors import SSAError
-from ..limits import EXTRA_CONNECTIONS, RequestBudget, user_socket_bound
+from ..errors import INTERNAL_ERROR, SSAError
+from ..interfaces import ISocketAPI
+from ..limits import EXTRA_CONNECTIONS, RequestBudget, open_file_limit, user_socket_bound
 from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
-from ..service import SocketService, descriptor_limit
 from ..wire import Frame, FrameDecoder, FramingError, Op
+from .socketpair import SocketpairStream
 
 if TYPE_CHECKING:
     from ..routing import CrossWorker
+    from ..sockets import TLSSocket
 
 log = Logger()
 
@@ -57,7 +58,7 @@ class ControlProtocol(Protocol):
     """
 
     def __init__(
-        self, service: SocketService, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None,
+        self, service: ISocketAPI, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None,
         budget: RequestBudget | None = None,
     ) -> None:
         """
@@ -98,7 +99,7 @@ class ControlProtocol(Protocol):
             return
         policy = self.service.policies.for_peer(self.peer)
         self._buffer_bound = policy.max_request_bytes_per_user
-        bound = user_socket_bound(policy.max_sockets_per_user, descriptor_limit()) + EXTRA_CONNECTIONS
+        bound = user_socket_bound(policy.max_sockets_per_user, open_file_limit()) + EXTRA_CONNECTIONS
         self._counted = self.budget.open_connection(self.peer.uid, bound)
         if not self._counted:
             self._refuse(errno.EMFILE, f"uid {self.peer.uid} holds {bound} control connections to the daemon, "
@@ -277,9 +278,10 @@ class ControlProtocol(Protocol):
 
     def _socket(self, frame: Frame) -> None:
         family, type_, proto = wire.SOCKET_ARGS.unpack(frame.body)
-        sock, app_end = self.service.open_socket(self._requester(), family, type_, proto)
+        stream = SocketpairStream.make()
+        sock = self.service.open_socket(self._requester(), family, type_, proto, stream)
         self.sockets.add(sock.id)
-        self.transport.sendFileDescriptor(app_end)
+        self.transport.sendFileDescriptor(stream.app_end)
         self._send(wire.encode_reply(frame, 0, wire.NEW_SOCKET.pack(sock.id), nfds=1))
 
     def _bind(self, frame: Frame) -> None:
@@ -330,23 +332,24 @@ class ControlProtocol(Protocol):
     def _listen(self, frame: Frame) -> None:
         (backlog,) = wire.BACKLOG.unpack_from(frame.body)
         host, port = self.service.listen(frame.socket_id, backlog)
-        family = self.service.entry(frame.socket_id).sock.family
+        family = self.service.socket(frame.socket_id).family
         self._reply(frame, 0, wire.encode_address(family, host, port))
 
     def _accept(self, frame: Frame) -> None:
         (flags,) = wire.ACCEPT_FLAGS.unpack_from(frame.body)
-        done = self.service.accept(frame.socket_id, self._requester(), not flags & wire.ACCEPT_NONBLOCKING)
+        requester = self._requester()
+        stream = SocketpairStream.make()
+        done = self.service.accept(frame.socket_id, requester, not flags & wire.ACCEPT_NONBLOCKING, stream)
         self._waiting.add(done)
 
-        def delivered(result: tuple) -> None:
+        def delivered(sock: TLSSocket) -> None:
             self._waiting.discard(done)
-            sock, app_end = result
             if not self._open:
                 self.service.close(sock.id)
                 return
             self.sockets.add(sock.id)
             host, port = sock.remote_address
-            self.transport.sendFileDescriptor(app_end)
+            self.transport.sendFileDescriptor(stream.app_end)
             body = wire.NEW_SOCKET.pack(sock.id) + wire.encode_address(sock.family, host, port)
             self._send(wire.encode_reply(frame, 0, body, nfds=1))
 
@@ -453,7 +456,7 @@ class ControlFactory(Factory):
 
     noisy = False
 
-    def __init__(self, service: SocketService, workers: CrossWorker | None = None) -> None:
+    def __init__(self, service: ISocketAPI, workers: CrossWorker | None = None) -> None:
         """
         @param workers: with several worker processes, this worker's part
             in requests that cross them.
