@@ -40,7 +40,7 @@ from ssa.policy import Policy
 from ssa.service import SocketService
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.fakemodule import FakeModule
-from ssa.testing.tls_server import StdlibTLSServer, echo_handler, pseudo_random_bytes
+from ssa.testing.tls_server import StdlibTLSServer, echo_handler, pseudo_random_bytes, truncating_handler
 
 LO = (socket.AF_INET, "127.0.0.1")
 
@@ -83,8 +83,8 @@ class NetlinkFrontendTests(TestCase):
         self.frontend.start()
         self.module.daemon_port = self.frontend.plaintext_port
         self.addCleanup(self.module.close)
-        self.addCleanup(_forget_edge_watcher)
-        self.addCleanup(lambda: [d for d in self.frontend.stop()])
+        self.addCleanup(edge.release, reactor)
+        self.addCleanup(self.frontend.stop)
         self.events: list[dict] = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -130,6 +130,51 @@ class NetlinkFrontendTests(TestCase):
         yield deferLater(reactor, 0.2, lambda: None)
         self.assertEqual(len(self.module.received), count)
         self.assertEqual(self.frontend.sockets, {})
+
+    @inlineCallbacks
+    def test_truncation_is_a_reset(self):
+        """
+        The peer closes TCP without close_notify: the application reads
+        every byte sent, then a reset, not a clean end.
+        """
+        server = self.server(truncating_handler(100_000, "cut"))
+        sock = yield self.client()
+        yield sock.connect((socket.AF_INET, *server.address))
+
+        def read_all(app: socket.socket):
+            app.settimeout(20)
+            data = b""
+            try:
+                while chunk := app.recv(65536):
+                    data += chunk
+            except ConnectionResetError:
+                return data, "reset"
+            return data, "eof"
+
+        data, end = yield deferToThread(read_all, sock.app)
+        self.assertEqual((data, end), (pseudo_random_bytes(100_000, "cut"), "reset"))
+
+    @inlineCallbacks
+    def test_close_before_the_loopback_connection(self):
+        """
+        The module says the socket closed after HANDSHAKE_RETURN but before
+        its loopback connection came: the daemon drops the TLS connection;
+        a late loopback connection from that port is refused.
+        """
+        server = self.server()
+        sock = yield self.client()
+        sock._bind_loopback()
+        sock.notify(Command.CONNECT_NOTIFY, internal=sock.internal, remote=(socket.AF_INET, *server.address),
+                    blocking=True)
+        yield sock.wait(10, errno.ENOTCONN)
+        sock.notify(Command.CLOSE_NOTIFY)
+        sock.forget()
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(self.frontend.sockets, {})
+        sock.app.connect(("127.0.0.1", self.frontend.plaintext_port))
+        data = yield deferToThread(_read_or_reset, sock.app)
+        self.assertEqual(data, b"")
+        sock.app.close()
 
     @inlineCallbacks
     def test_ipv6(self):
@@ -350,17 +395,6 @@ class NetlinkFrontendTests(TestCase):
         server = self.server()
         sock = yield self.client()
         yield sock.connect((socket.AF_INET, *server.address))
-
-
-def _forget_edge_watcher() -> None:
-    """
-    The core watches plaintext descriptors with one edge-triggered epoll
-    per reactor, which lives as long as the reactor; take it out between
-    tests, which check that the reactor is clean.
-    """
-    watcher = edge._watchers.pop(id(reactor), None)
-    if watcher is not None:
-        reactor.removeReader(watcher)
 
 
 _MADE: list = []

@@ -23,11 +23,9 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.application.service import Service
-from twisted.internet.defer import gatherResults
-from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,7 +51,7 @@ from ..netlink.transport import (
 )
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
 from ..peer import PeerIdentity
-from .plaintext_tcp import LOOPBACK, ExpectedConnections, Relay, RelaySide
+from .loopback import LoopbackListener, OutgoingStream, RedirectedStream
 
 log = Logger()
 
@@ -74,17 +72,15 @@ class KernelSocket:
     @ivar kernel_id: the module's id.
     @ivar core_id: the core's id.
     @ivar family: C{AF_INET} or C{AF_INET6}.
-    @ivar app_end: the core's plaintext descriptor for the application.
+    @ivar stream: its plaintext stream (owned by the core).
     @ivar internal: the application socket's loopback address.
-    @ivar relays: the live relays of this socket's plaintext.
     """
 
     kernel_id: int
     core_id: int
     family: int
-    app_end: int
+    stream: RedirectedStream | OutgoingStream
     internal: wire.Address | None = None
-    relays: list[Relay] = field(default_factory=list)
     closed: bool = False
 
 
@@ -109,12 +105,11 @@ class NetlinkFrontend:
         self.family_id = family_id
         self.plaintext_port = address.local_pid if plaintext_port is None else plaintext_port
         self.sockets: dict[int, KernelSocket] = {}
-        self.expected = ExpectedConnections()
-        # loopback source port of a connection the daemon made to an
-        # application's listener -> (listener, core id of the accepted socket)
-        self.accepted: dict[tuple[int, int], tuple[KernelSocket, int]] = {}
+        self.loopback = LoopbackListener(reactor, self.plaintext_port)
+        # the loopback source port of a connection the daemon made to an
+        # application's listening socket -> (that listener, its stream)
+        self.accepted: dict[tuple[int, int], tuple[KernelSocket, OutgoingStream]] = {}
         self.port: NetlinkPort | None = None
-        self.listeners: list = []
         self._seq = 0
 
     # Life
@@ -125,34 +120,21 @@ class NetlinkFrontend:
 
         @raise OSError: a port is taken (another daemon).
         """
-        for family, host in LOOPBACK.items():
-            try:
-                port = self.reactor.listenTCP(self.plaintext_port, self.expected, interface=host)
-            except Exception as e:
-                if family == socket.AF_INET6:
-                    log.info("no IPv6 loopback for the netlink plaintext port: {error}", error=e)
-                    continue
-                raise
-            self.listeners.append(port)
-            if not self.plaintext_port:
-                self.plaintext_port = port.getHost().port
+        self.loopback.start()
+        self.plaintext_port = self.loopback.port
         self.port = NetlinkPort(self.reactor, self.address, self.datagram_received)
         self.port.startReading()
 
-    def stop(self) -> list:
+    def stop(self) -> None:
         """
         Stop listening and close every socket.
-
-        @return: Deferreds of the listeners stopping.
         """
         if self.port is not None:
             self.port.close()
             self.port = None
         for entry in list(self.sockets.values()):
             self._close(entry, abort=True)
-        stopped = [port.stopListening() for port in self.listeners]
-        self.listeners = []
-        return stopped
+        self.loopback.stop()
 
     # Input
 
@@ -226,8 +208,9 @@ class NetlinkFrontend:
             self._close(old, abort=True)
 
         def make() -> None:
-            sock, app_end = self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM, IPPROTO_TLS)
-            self.sockets[message.socket_id] = KernelSocket(message.socket_id, sock.id, message.family, app_end)
+            stream = RedirectedStream(self.loopback)
+            sock = self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM, IPPROTO_TLS, stream)
+            self.sockets[message.socket_id] = KernelSocket(message.socket_id, sock.id, message.family, stream)
 
         self._answer(message, make)
 
@@ -268,28 +251,18 @@ class NetlinkFrontend:
     def _connect(self, message: Message) -> None:
         try:
             entry = self._entry(message)
+            assert isinstance(entry.stream, RedirectedStream)
+            family, _, port = message.internal
+            entry.stream.expect_from(family, port)
             done = self.api.connect(entry.core_id, message.remote, message.blocking)
         except SSAError as e:
             self._return(message.socket_id, -e.errno)
             return
         entry.internal = message.internal
-        family, _, port = message.internal
-        relay: list[Relay] = []
-
-        def arrived(app: RelaySide) -> None:
-            if not relay:  # the connect failed: the application reads a reset
-                app.transport.abortConnection()
-                return
-            relay[0].attach(app)
-
-        self.expected.expect(family, port, arrived)
 
         def connected(_: object) -> None:
-            if entry.closed:
-                return
-            relay.append(Relay(self.reactor, entry.app_end))
-            entry.relays.append(relay[0])
-            self._send(Command.HANDSHAKE_RETURN, entry.kernel_id, result=0)
+            if not entry.closed:
+                self._send(Command.HANDSHAKE_RETURN, entry.kernel_id, result=0)
 
         def failed(failure: Failure) -> None:
             if entry.closed:
@@ -297,8 +270,6 @@ class NetlinkFrontend:
             err = failure.value.errno if isinstance(failure.value, SSAError) else errno.ECANCELED
             if not isinstance(failure.value, SSAError):
                 log.failure("internal error connecting socket {id:#x}", failure, id=entry.kernel_id)
-            if message.blocking:  # no loopback connection will come
-                self.expected.forget(family, port)
             self._send(Command.HANDSHAKE_RETURN, entry.kernel_id, result=-err)
 
         if not message.blocking:
@@ -306,116 +277,81 @@ class NetlinkFrontend:
         done.addCallbacks(connected, failed)
 
     def _listen(self, message: Message) -> None:
-        def listen() -> KernelSocket:
+        def listen() -> None:
             entry = self._entry(message)
+            assert isinstance(entry.stream, RedirectedStream)
             self.api.listen(entry.core_id, BACKLOG)
             entry.internal = message.internal
-            return entry
+            entry.stream.on_ready = lambda: self._take_ready(entry)
 
-        entry = self._answer(message, listen)
-        if entry is not None:
-            self._accept_next(entry)
+        self._answer(message, listen)
 
-    def _accept_next(self, listener: KernelSocket) -> None:
+    def _take_ready(self, listener: KernelSocket) -> None:
         """
-        Take the listener's next ready connection at once and connect it
-        to the application's listening socket; the application's accept()
-        then announces it (ACCEPT_NOTIFY) by the daemon's source port.
+        A connection is ready on C{listener}: take it at once and connect
+        it to the application's listening socket, whose accept() then
+        announces it (ACCEPT_NOTIFY) by the daemon's source port.
         """
+        assert listener.internal is not None
+        family = listener.internal[0]
+
+        def source(port: int) -> None:
+            self.accepted[family, port] = (listener, stream)
+
+        stream = OutgoingStream(self.reactor, listener.internal, source)
         try:
-            done = self.api.accept(listener.core_id, KERNEL_CLIENT, True)
+            done = self.api.accept(listener.core_id, KERNEL_CLIENT, False, stream)
         except SSAError as e:
-            self._listener_failed(listener, e)
+            self._accept_failed(listener, e)
             return
 
-        def ready(result: tuple) -> None:
-            sock, app_end = result
-            if listener.closed:
-                self.api.close(sock.id, abort=True)
-                return
-            try:
-                self._connect_to_application(listener, sock.id, app_end)
-            except OSError as e:
-                log.warn("could not reach the application's listening socket {address}: {error}",  # noqa: G010
-                         address=listener.internal, error=e)
-                self.api.close(sock.id, abort=True)
-            self._accept_next(listener)
+        def accepted(sock) -> None:
+            stream.core_id = sock.id
 
-        def failed(failure: Failure) -> None:
-            if not listener.closed:
-                self._listener_failed(listener, failure.value)
+        done.addCallbacks(accepted, lambda failure: self._accept_failed(listener, failure.value))
 
-        done.addCallbacks(ready, failed)
-
-    def _listener_failed(self, listener: KernelSocket, error: BaseException) -> None:
+    def _accept_failed(self, listener: KernelSocket, error: BaseException) -> None:
+        """
+        A ready connection could not be taken: lost meanwhile (logged), or
+        the listener failed (LISTEN_ERR: the application's next accept()
+        fails EBADFD).
+        """
+        if isinstance(error, SSAError) and error.errno in (errno.EAGAIN, errno.ECONNABORTED):
+            log.info("a connection to listening socket {id:#x} was lost before it was accepted: {error}",
+                     id=listener.kernel_id, error=error)
+            return
         log.error("listening socket {id:#x} failed: {error}", id=listener.kernel_id, error=error)
-        self._send(Command.LISTEN_ERR, listener.kernel_id)
-
-    def _connect_to_application(self, listener: KernelSocket, core_id: int, app_end: int) -> None:
-        assert listener.internal is not None
-        family, host, port = listener.internal
-        relay = Relay(self.reactor, app_end)
-        connector = self.reactor.connectTCP(host, port, _AppSideFactory(relay), bindAddress=(LOOPBACK[family], 0))
-        source = connector.transport.getHandle().getsockname()[1]
-        key = (family, source)
-        self.accepted[key] = (listener, core_id)
-        listener.relays.append(relay)
+        if not listener.closed:
+            self._send(Command.LISTEN_ERR, listener.kernel_id)
 
     def _accept(self, message: Message) -> None:
         family, _, port = message.internal
         found = self.accepted.pop((family, port), None)
-        if found is None or found[0].closed:
+        if found is None or found[0].closed or found[1].core_id is None:
             self._return(message.socket_id, -errno.ECONNABORTED)
             return
-        core_id = found[1]
+        stream = found[1]
         old = self.sockets.get(message.socket_id)
         if old is not None:
             self._close(old, abort=True)
-        self.sockets[message.socket_id] = KernelSocket(message.socket_id, core_id, family, -1, message.internal)
+        self.sockets[message.socket_id] = KernelSocket(message.socket_id, stream.core_id, family, stream,
+                                                       message.internal)
         self._return(message.socket_id, 0)
 
     def _close(self, entry: KernelSocket, abort: bool = False) -> None:
         entry.closed = True
         if self.sockets.get(entry.kernel_id) is entry:
             del self.sockets[entry.kernel_id]
-        if entry.internal is not None:
-            self.expected.forget(entry.internal[0], entry.internal[2])
         for key in [k for k, (listener, _) in self.accepted.items() if listener is entry]:
-            _, core_id = self.accepted.pop(key)
-            self.api.close(core_id, abort=True)
+            _, stream = self.accepted.pop(key)
+            if stream.core_id is not None:  # connected to the application, never accepted by it
+                self.api.close(stream.core_id, abort=True)
         self.api.close(entry.core_id, abort=abort)
 
     def _close_notify(self, message: Message) -> None:
         entry = self.sockets.get(message.socket_id)
         if entry is not None:
             self._close(entry)
-
-
-class _AppSideFactory(ClientFactory):
-    def __init__(self, relay: Relay) -> None:
-        self.relay = relay
-
-    def buildProtocol(self, addr) -> RelaySide:
-        side = _ConnectingSide(self.relay)
-        side.factory = self
-        return side
-
-    def clientConnectionFailed(self, connector, reason) -> None:
-        log.warn("could not connect to the application's listening socket: {reason}", reason=reason.value)  # noqa: G010
-        self.relay.abort()
-
-    def clientConnectionLost(self, connector, reason) -> None:
-        pass
-
-
-class _ConnectingSide(RelaySide):
-    def __init__(self, relay: Relay) -> None:
-        super().__init__()
-        self.relay = relay
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        self.relay.attach(self)
 
 
 _HANDLERS = {
@@ -448,12 +384,12 @@ class NetlinkFrontendService(Service):
                  "plaintext on loopback port {port})", family=self.frontend.family_id,
                  pid=self.frontend.address.local_pid, port=self.frontend.plaintext_port)
 
-    def stopService(self):
+    def stopService(self) -> None:
         """
         Close every socket of the module and stop listening.
         """
         super().stopService()
-        return gatherResults(self.frontend.stop())
+        self.frontend.stop()
 
 
 def netlink_service(reactor, api: ISocketAPI, port: int = DAEMON_PORT, peer: int | None = None,
