@@ -40,7 +40,12 @@ from ssa.policy import Policy
 from ssa.service import SocketService
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.fakemodule import FakeModule
-from ssa.testing.tls_server import StdlibTLSServer, echo_handler, pseudo_random_bytes, truncating_handler
+from ssa.testing.tls_server import (
+    StdlibTLSServer,
+    echo_handler,
+    pseudo_random_bytes,
+    truncating_handler,
+)
 
 LO = (socket.AF_INET, "127.0.0.1")
 

@@ -256,24 +256,51 @@ class RedirectedStream:
             waiting.errback(ConnectionAbortedError(errno.ECONNABORTED, "the socket was closed"))
 
 
-@implementer(IWriteDescriptor)
-class _Writable:
-    def __init__(self, reactor, sock: socket.socket) -> None:
+@implementer(IReadDescriptor, IWriteDescriptor)
+class ReadinessWaiter:
+    """
+    Fires L{done} once a socket is readable (C{"read"}) or writable
+    (C{"write"}), then stops watching; L{cancel} stops early.
+    """
+
+    def __init__(self, reactor, sock: socket.socket, what: str) -> None:
         self.reactor, self.sock, self.done = reactor, sock, Deferred()
+        self._remove = reactor.removeReader if what == "read" else reactor.removeWriter
+        (reactor.addReader if what == "read" else reactor.addWriter)(self)
 
     def fileno(self) -> int:
+        """
+        The socket's descriptor.
+        """
         return self.sock.fileno()
 
-    def doWrite(self) -> None:
-        self.reactor.removeWriter(self)
+    def doRead(self) -> None:
+        """
+        Ready.
+        """
+        self.cancel()
         self.done.callback(None)
 
+    doWrite = doRead
+
+    def cancel(self) -> None:
+        """
+        Stop watching.
+        """
+        self._remove(self)
+
     def connectionLost(self, reason) -> None:
+        """
+        The reactor gave up the socket.
+        """
         if not self.done.called:
             self.done.errback(reason)
 
     def logPrefix(self) -> str:
-        return "ssa-netlink-accepted"
+        """
+        For the log.
+        """
+        return "ssa-loopback"
 
 
 @implementer(IPlaintextStream)
@@ -293,7 +320,7 @@ class OutgoingStream:
         self.on_source = on_source
         self.core_id: int | None = None
         self._sock: socket.socket | None = None
-        self._writable: _Writable | None = None
+        self._writable: ReadinessWaiter | None = None
 
     def connected(self) -> Deferred:
         """
@@ -313,8 +340,7 @@ class OutgoingStream:
             sock.close()
             return fail(OSError(err, os.strerror(err)))
         self._sock = sock
-        self._writable = _Writable(self.reactor, sock)
-        self.reactor.addWriter(self._writable)
+        self._writable = ReadinessWaiter(self.reactor, sock, "write")
 
         def done(_: object) -> PlaintextSocket:
             self._writable = None
@@ -358,6 +384,6 @@ class OutgoingStream:
         if sock is not None:
             reset(sock)
         if self._writable is not None:
-            self.reactor.removeWriter(self._writable)
             writable, self._writable = self._writable, None
+            writable.cancel()
             writable.done.callback(None)  # done() finds no socket and fails

@@ -22,11 +22,10 @@ import socket
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from ..constants import IPPROTO_TLS, TLS_ID
+from ..frontends.loopback import ReadinessWaiter
 from ..netlink import wire
 from ..netlink.transport import NETLINK_USERSOCK, NetlinkAddress, NetlinkPort
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
@@ -396,27 +395,5 @@ def _cancelling(call) -> Callable:
     return cancel
 
 
-@implementer(IReadDescriptor)
-class _ReadWaiter:
-    def __init__(self, reactor, sock: socket.socket) -> None:
-        self.reactor, self.sock, self.done = reactor, sock, Deferred()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def doRead(self) -> None:
-        self.reactor.removeReader(self)
-        self.done.callback(None)
-
-    def connectionLost(self, reason) -> None:
-        if not self.done.called:
-            self.done.errback(reason)
-
-    def logPrefix(self) -> str:
-        return "FakeTLSSocket"
-
-
 def _readable(reactor, sock: socket.socket) -> Deferred:
-    waiter = _ReadWaiter(reactor, sock)
-    reactor.addReader(waiter)
-    return waiter.done
+    return ReadinessWaiter(reactor, sock, "read").done
