@@ -32,7 +32,7 @@ from ..plaintext import PLAINTEXT_BUFFER, PlaintextSocket
 
 log = Logger()
 
-LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
+LOOPBACK: dict[int, str] = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 Arrival = Callable[[socket.socket], None]
 
 
@@ -264,7 +264,8 @@ class ReadinessWaiter:
     """
 
     def __init__(self, reactor, sock: socket.socket, what: str) -> None:
-        self.reactor, self.sock, self.done = reactor, sock, Deferred()
+        self.reactor, self.sock = reactor, sock
+        self.done: Deferred = Deferred()
         self._remove = reactor.removeReader if what == "read" else reactor.removeWriter
         (reactor.addReader if what == "read" else reactor.addWriter)(self)
 

@@ -24,8 +24,10 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -51,6 +53,7 @@ from ..netlink.transport import (
 )
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
 from ..peer import PeerIdentity
+from ..sockets import TLSSocket
 from .loopback import LoopbackListener, OutgoingStream, RedirectedStream
 
 log = Logger()
@@ -208,8 +211,10 @@ class NetlinkFrontend:
             self._close(old, abort=True)
 
         def make() -> None:
+            assert message.family is not None  # the codec checks every command's attributes
             stream = RedirectedStream(self.loopback)
-            sock = self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM, IPPROTO_TLS, stream)
+            sock = cast(TLSSocket, self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM,
+                                                        IPPROTO_TLS, stream))
             self.sockets[message.socket_id] = KernelSocket(message.socket_id, sock.id, message.family, stream)
 
         self._answer(message, make)
@@ -251,10 +256,10 @@ class NetlinkFrontend:
     def _connect(self, message: Message) -> None:
         try:
             entry = self._entry(message)
-            assert isinstance(entry.stream, RedirectedStream)
+            assert isinstance(entry.stream, RedirectedStream) and message.internal is not None
             family, _, port = message.internal
             entry.stream.expect_from(family, port)
-            done = self.api.connect(entry.core_id, message.remote, message.blocking)
+            done = cast(Deferred, self.api.connect(entry.core_id, message.remote, message.blocking))
         except SSAError as e:
             self._return(message.socket_id, -e.errno)
             return
@@ -300,7 +305,7 @@ class NetlinkFrontend:
 
         stream = OutgoingStream(self.reactor, listener.internal, source)
         try:
-            done = self.api.accept(listener.core_id, KERNEL_CLIENT, False, stream)
+            done = cast(Deferred, self.api.accept(listener.core_id, KERNEL_CLIENT, False, stream))
         except SSAError as e:
             self._accept_failed(listener, e)
             return
@@ -325,12 +330,14 @@ class NetlinkFrontend:
             self._send(Command.LISTEN_ERR, listener.kernel_id)
 
     def _accept(self, message: Message) -> None:
+        assert message.internal is not None
         family, _, port = message.internal
         found = self.accepted.pop((family, port), None)
         if found is None or found[0].closed or found[1].core_id is None:
             self._return(message.socket_id, -errno.ECONNABORTED)
             return
         stream = found[1]
+        assert stream.core_id is not None
         old = self.sockets.get(message.socket_id)
         if old is not None:
             self._close(old, abort=True)

@@ -17,7 +17,9 @@ import enum
 import socket
 import struct
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: The family's name and version.
 FAMILY_NAME = "SSA"
@@ -225,7 +227,7 @@ def _attribute(kind: int, payload: bytes) -> bytes:
 
 
 def encode_message(
-    family_id: int, command: int, attributes: list[tuple[int, bytes]], flags: int = 0, seq: int = 0,
+    family_id: int, command: int, attributes: Sequence[tuple[int, bytes]], flags: int = 0, seq: int = 0,
     pid: int = 0, version: int = FAMILY_VERSION,
 ) -> bytes:
     """
@@ -376,7 +378,7 @@ def decode(family_id: int, kind: int, flags: int, seq: int, pid: int, body: byte
 
 
 def _message(cmd: Command, values: dict[Attr, bytes], seq: int, pid: int, flags: int) -> Message:
-    fields: dict[str, object] = {}
+    fields: dict[str, Any] = {}
     for attr, raw in values.items():
         if attr is Attr.FAMILY:
             fields["family"] = _U16.unpack(raw)[0]

@@ -235,9 +235,9 @@ class FakeTLSSocket:
         The daemon answered about this socket; return the ack's errno.
         """
         if message.command is Command.RETURN:
-            self._complete(message.result)
+            self._complete(message.result or 0)
         elif message.command is Command.DATA_RETURN:
-            self._complete(0, message.value)
+            self._complete(0, message.value or b"")
         elif message.command is Command.LISTEN_ERR:
             self.listen_error = True
         elif self.async_connect:  # HANDSHAKE_RETURN: start the loopback connect whatever it says
@@ -247,7 +247,7 @@ class FakeTLSSocket:
             self.connected.callback(result)
             return -errno.EINPROGRESS  # what the module's handler returns, and the kernel NACKs with
         else:
-            self._complete(message.result)
+            self._complete(message.result or 0)
         return 0
 
     def _daemon(self) -> tuple[str, int]:
