@@ -135,7 +135,7 @@ class SocketService:
         except KeyError:
             raise SSAError(errno.EBADF, f"socket {socket_id:#x} is not known to the daemon") from None
 
-    def socket(self, socket_id: int) -> TLSSocket:
+    def lookup(self, socket_id: int) -> TLSSocket:
         """
         The socket C{socket_id}, or EBADF.
         """
@@ -436,6 +436,7 @@ class SocketService:
             self._failed(entry, errno.ECANCELED, INTERNAL_ERROR)
             return
         sock.connect_succeeded(info)
+        assert sock.remote_address is not None
         entry.session_since = self.reactor.seconds()
         self.metrics.connection("client", "ok", None, time.monotonic() - entry.started, info.resumed)
         log.info(
@@ -595,7 +596,7 @@ class SocketService:
             self._when_plaintext(accepted, protocol, start)
         except TakeoverError:
             self.close(sock.id)
-            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted")
+            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted") from None
         info = pending.session
         self.metrics.connection("server", "ok", None, None, info.resumed)
         log.info(
