@@ -464,7 +464,10 @@ class SocketService:
                 try:
                     start(plaintext)
                 except Exception as e:
-                    log.failure("could not join {sock} to its connection", sock=entry.sock)
+                    if isinstance(e, TakeoverError):
+                        log.info("{sock}: the connection ended before its plaintext stream came", sock=entry.sock)
+                    else:
+                        log.failure("could not join {sock} to its connection", sock=entry.sock)
                     plaintext.sock.close()
                     protocol.transport.abortConnection()
                     self._ended(entry, e)
