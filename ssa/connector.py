@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from .errors import INTERNAL_ERROR, TLSFailure, TLSTruncated
 from .identity import verify_identity
-from .interfaces import ITLSBackend, ITLSStreamListener
+from .interfaces import ITLSBackend, ITLSHandshakeListener
 from .options import is_ip_literal
 from .pathvalidation import check_server_chain
 from .sockets import ConnectPlan
@@ -28,7 +28,7 @@ from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
 log = Logger()
 
 
-@implementer(ITLSStreamListener)
+@implementer(ITLSHandshakeListener)
 class ConnectAttempt(ClientFactory):
     """
     Connects one socket; calls exactly one of C{on_connected(protocol,
@@ -140,7 +140,7 @@ class ConnectAttempt(ClientFactory):
         Reported through L{tls_connection_lost} instead.
         """
 
-    # ITLSStreamListener, until the bridge takes over
+    # ITLSHandshakeListener
 
     def _check_session(self, info: TLSSessionInfo) -> None:
         verify_identity(info.peer_certificate, self._plan.verify_name)
@@ -148,25 +148,17 @@ class ConnectAttempt(ClientFactory):
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """
-        The handshake and identity check passed: the socket is connected.
+        The handshake and identity check passed: the socket is connected,
+        and the connection is C{on_connected}'s: the protocol reads nothing
+        more (what the engine holds is the bridge's to read).
         """
+        assert self._protocol is not None
+        self._protocol.detach()
         if self._done:
             return
         self._done = True
         self._stop_timer()
-        assert self._protocol is not None
         self._on_connected(self._protocol, info)
-
-    def tls_data_received(self, data: bytes) -> None:
-        """
-        Not reachable: the bridge detaches the protocol inside
-        L{tls_handshake_completed} and reads what the engine holds itself.
-        """
-
-    def tls_peer_closed(self) -> None:
-        """
-        Not reachable before the handshake completes.
-        """
 
     def tls_connection_lost(self, failure: BaseException | None) -> None:
         """

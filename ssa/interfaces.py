@@ -2,7 +2,7 @@
 The interfaces between the parts of the daemon.
 
     frontend --ISocketAPI--> daemon core --ITLSBackend/ITLSEngine--> backend
-                                   bridge <--ITLSStreamListener-- TLS stream
+                                   bridge <--ITLSHandshakeListener-- TLS stream
 
 A frontend (Unix socket, netlink) turns an application's calls into
 L{ISocketAPI} calls. The core keeps the socket table and policy and, to
@@ -12,7 +12,22 @@ TLS connection that the daemon's one TLS stream protocol drives over TCP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .peer import Credentials, PeerIdentity
+    from .plaintext import PlaintextSocket
+    from .sockets import TLSSocket
+    from .tlsconfig import TLSSessionInfo
+    from .wire import Frame
+
+#: C{(family, host, port)}, as applications name addresses.
+Address = tuple[int, str, int]
 
 
 class ITLSEngine(Interface):
@@ -65,7 +80,7 @@ class ITLSEngine(Interface):
         Take the ciphertext queued for the network, C{b""} if none.
         """
 
-    def session_info() -> object:
+    def session_info() -> TLSSessionInfo:
         """
         Describe the finished handshake.
 
@@ -142,26 +157,19 @@ class IBackendChoice(Interface):
         """
 
 
-class ITLSStreamListener(Interface):
+class ITLSHandshakeListener(Interface):
     """
-    What the TLS stream protocol tells the object that owns the connection.
+    What the TLS stream protocol tells the object that waits for its
+    handshake. One that does not hand the connection on (detaching the
+    protocol, L{ssa.tlsprotocol.TLSStreamProtocol.detach}) inside
+    L{tls_handshake_completed} must provide L{ITLSStreamListener}.
     """
 
-    def tls_handshake_completed(info: object) -> None:
+    def tls_handshake_completed(info: TLSSessionInfo) -> None:
         """
         The handshake and the peer identity check passed.
 
         @param info: an L{ssa.tlsconfig.TLSSessionInfo}.
-        """
-
-    def tls_data_received(data: bytes) -> None:
-        """
-        Plaintext from the peer.
-        """
-
-    def tls_peer_closed() -> None:
-        """
-        The peer sent close_notify: a clean end of its stream.
         """
 
     def tls_connection_lost(failure: BaseException | None) -> None:
@@ -171,6 +179,22 @@ class ITLSStreamListener(Interface):
         @param failure: L{None} after a clean close; otherwise why: an
             L{ssa.errors.TLSFailure}, an L{ssa.errors.TLSTruncated}, or the
             TCP error.
+        """
+
+
+class ITLSStreamListener(ITLSHandshakeListener):
+    """
+    A handshake listener that also reads what follows the handshake.
+    """
+
+    def tls_data_received(data: bytes) -> None:
+        """
+        Plaintext from the peer.
+        """
+
+    def tls_peer_closed() -> None:
+        """
+        The peer sent close_notify: a clean end of its stream.
         """
 
 
@@ -196,7 +220,7 @@ class IPlaintextStream(Interface):
         the application until it ends.
         """
 
-    def connected() -> object:
+    def connected() -> Deferred[PlaintextSocket]:
         """
         The handshake and every check passed.
 
@@ -240,7 +264,9 @@ class ISocketAPI(Interface):
 
     policies = Attribute("The administrator's policy (L{ssa.profiles.PolicySet}), for per-peer bounds.")
 
-    def open_socket(owner: object, family: int, type: int, proto: int, plaintext: IPlaintextStream) -> object:
+    def open_socket(
+        owner: PeerIdentity, family: int, type: int, proto: int, plaintext: IPlaintextStream
+    ) -> TLSSocket:
         """
         C{socket()}: a NEW socket owned by C{owner} (an
         L{ssa.peer.PeerIdentity}), with its plaintext stream.
@@ -249,20 +275,20 @@ class ISocketAPI(Interface):
             the other calls.
         """
 
-    def socket(socket_id: int) -> object:
+    def lookup(socket_id: int) -> TLSSocket:
         """
         The L{ssa.sockets.TLSSocket} of C{socket_id} (its family, state,
         addresses), or EBADF.
         """
 
-    def bind(socket_id: int, address: tuple) -> tuple:
+    def bind(socket_id: int, address: Address) -> tuple[str, int]:
         """
         C{bind()}: bind the socket's network side now.
 
         @return: the bound C{(host, port)}.
         """
 
-    def listen(socket_id: int, backlog: int) -> tuple:
+    def listen(socket_id: int, backlog: int) -> tuple[str, int]:
         """
         C{listen()}: listen on the bound address (an ephemeral port on
         every address if unbound) and run server handshakes.
@@ -270,7 +296,9 @@ class ISocketAPI(Interface):
         @return: the C{(host, port)} listened on.
         """
 
-    def accept(listener_id: int, owner: object, blocking: bool, plaintext: IPlaintextStream) -> object:
+    def accept(
+        listener_id: int, owner: PeerIdentity, blocking: bool, plaintext: IPlaintextStream
+    ) -> Deferred[TLSSocket]:
         """
         C{accept()}: the oldest connection whose handshake succeeded, as a
         new CONNECTED socket of C{owner} with stream C{plaintext}.
@@ -279,7 +307,7 @@ class ISocketAPI(Interface):
             a nonblocking accept with none ready raises EAGAIN at once.
         """
 
-    def connect(socket_id: int, address: tuple, blocking: bool) -> object:
+    def connect(socket_id: int, address: Address, blocking: bool) -> Deferred[None]:
         """
         C{connect()}: start connecting.
 
@@ -299,13 +327,59 @@ class ISocketAPI(Interface):
         Get an option's wire value.
         """
 
-    def close(socket_id: int, abort: bool = False) -> object:
+    def close(socket_id: int, abort: bool = False) -> Deferred[None] | None:
         """
         Close the socket: close_notify if connected (a reset with
         C{abort}: the application died), then free everything.
 
         @return: for a listening socket, a Deferred that fires once its
             address is free; else L{None}.
+        """
+
+
+class IRequestRouter(Interface):
+    """
+    Where a control connection's requests are served when the daemon runs
+    several worker processes (L{ssa.routing.CrossWorker}): the Unix
+    frontend asks it before serving each request and tells it what it
+    served; it knows nothing else of workers.
+    """
+
+    processes = Attribute("How many processes serve requests (each answers for its own sockets).")
+
+    def destination(
+        frame: Frame, owned: set[int], waiting: bool
+    ) -> Callable[[Any, bytes, Credentials | None], Callable[[], None]] | None:
+        """
+        Whether C{frame} (an L{ssa.wire.Frame}) must be served elsewhere,
+        with its connection.
+
+        @param owned: the ids of the sockets the connection owns; they
+            leave with it.
+        @param waiting: whether a request of the connection is in progress.
+        @return: L{None} to serve it here; else a callable C{start(transport,
+            pending, sender)} that detaches the connection (C{pending}: the
+            unanswered requests' bytes, C{sender}: who wrote them) and
+            returns what sends it on once it is closed here.
+        @raise ssa.errors.SSAError: the request cannot be served anywhere.
+        """
+
+    def handled(frame: Frame) -> None:
+        """
+        C{frame} changed a socket's settings here (a successful
+        C{setsockopt}): remembered, to make the socket again elsewhere.
+        """
+
+    def forget(socket_id: int) -> None:
+        """
+        C{socket_id} was closed here.
+        """
+
+    def reports(uid: int | None) -> Deferred[list[dict]]:
+        """
+        Every process's status report (L{ssa.status.local_report}).
+
+        @return: a L{Deferred} firing with the reports.
         """
 
 

@@ -18,10 +18,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import netoptions
+from . import netoptions, outcomes
 from .bridge import Bridge
 from .connector import ConnectAttempt
-from .constants import IPPROTO_TLS, SocketState, version_name
+from .constants import IPPROTO_TLS, SocketState
 from .errors import INTERNAL_ERROR, SSAError
 from .interfaces import IMetrics, IPlaintextStream, ISocketAPI, ITLSBackend
 from .limits import SocketCounts, open_file_limit
@@ -135,7 +135,7 @@ class SocketService:
         except KeyError:
             raise SSAError(errno.EBADF, f"socket {socket_id:#x} is not known to the daemon") from None
 
-    def socket(self, socket_id: int) -> TLSSocket:
+    def lookup(self, socket_id: int) -> TLSSocket:
         """
         The socket C{socket_id}, or EBADF.
         """
@@ -438,15 +438,7 @@ class SocketService:
         sock.connect_succeeded(info)
         entry.session_since = self.reactor.seconds()
         self.metrics.connection("client", "ok", None, time.monotonic() - entry.started, info.resumed)
-        log.info(
-            "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
-            "policy={generation}/{profile}",
-            owner=sock.owner.describe(), host=sock.remote_address[0], port=sock.remote_address[1],
-            sni=sock.hostname, version=version_name(info.version), cipher=info.cipher,
-            resumed=info.resumed, generation=sock.policy.generation, profile=sock.policy.profile or "default",
-            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, info, "ok", "sni", "cipher",
-                             "resumed"), reason=None,
-        )
+        outcomes.connect_ok(sock, info)
         self._settle(entry, None)
 
     def _when_plaintext(
@@ -472,7 +464,10 @@ class SocketService:
                 try:
                     start(plaintext)
                 except Exception as e:
-                    log.failure("could not join {sock} to its connection", sock=entry.sock)
+                    if isinstance(e, TakeoverError):
+                        log.info("{sock}: the connection ended before its plaintext stream came", sock=entry.sock)
+                    else:
+                        log.failure("could not join {sock} to its connection", sock=entry.sock)
                     plaintext.sock.close()
                     protocol.transport.abortConnection()
                     self._ended(entry, e)
@@ -595,17 +590,10 @@ class SocketService:
             self._when_plaintext(accepted, protocol, start)
         except TakeoverError:
             self.close(sock.id)
-            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted")
+            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted") from None
         info = pending.session
         self.metrics.connection("server", "ok", None, None, info.resumed)
-        log.info(
-            "accept ok: {owner} from {host}:{port} sni={sni} {version} {cipher} client={client}",
-            owner=owner.describe(), host=pending.peer[0], port=pending.peer[1], sni=info.server_name,
-            version=version_name(info.version), cipher=info.cipher,
-            client=sock.session and sock.session.peer_chain and "certificate" or "none",
-            **outcome_fields("server", owner, pending.peer, info.server_name, info, "ok", "sni", "cipher"),
-            reason=None,
-        )
+        outcomes.accept_ok(sock, owner, pending.peer, info)
         return sock
 
     def _failed(self, entry: SocketEntry, err: int, reason: str) -> None:
@@ -614,12 +602,7 @@ class SocketService:
         failure = sock.connect_failed(err, reason)
         entry.plaintext.connect_failed()
         self.metrics.connection("client", "failed", reason_class(err, reason), None, False)
-        log.info(
-            "connect failed: {owner} to {address} sni={sni}: {errname} {reason}",
-            owner=sock.owner.describe(), address=sock.remote_address, sni=sock.hostname,
-            errname=errno.errorcode.get(err, str(err)), reason=reason,
-            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, None, "failed", "sni"),
-        )
+        outcomes.connect_failed(sock, err, reason)
         self._settle(entry, failure)
 
     def _keep_session(self, entry: SocketEntry) -> None:
@@ -685,27 +668,3 @@ def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:
         net.close()
         raise sock.fail(e.errno or errno.EINVAL, f"bind to {host}:{port} failed: {e.strerror}") from None
     return net
-
-
-
-
-def outcome_fields(
-    role: str, owner: PeerIdentity, remote: tuple | None, sni: str | None, info: TLSSessionInfo | None,
-    outcome: str, *present: str,
-) -> dict[str, object]:
-    """
-    The fields of a connection-outcome log event, for JSON logs
-    (C{--log-format json}), but for those C{present} in the event already
-    (with the same values); the event adds its C{reason} (L{None} on
-    success).
-    """
-    fields = {
-        "role": role, "outcome": outcome, "pid": owner.pid, "uid": owner.uid, "executable": owner.executable,
-        "remote": None if not remote else f"{remote[0]}:{remote[1]}", "sni": sni,
-        "tls_version": None if info is None else version_name(info.version),
-        "cipher": None if info is None else info.cipher, "resumed": None if info is None else info.resumed,
-        "group": None if info is None else info.group,
-    }
-    for name in present:
-        del fields[name]
-    return fields

@@ -135,13 +135,14 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_stream_listeners(self) -> None:
         """
-        The connector and the listener's pending connections provide
-        L{ITLSStreamListener}.
+        The connector waits for handshakes (L{ITLSHandshakeListener}); the
+        listener's pending connections also read what follows them
+        (L{ITLSStreamListener}).
         """
         from twisted.internet.testing import MemoryReactor
 
         from ssa.connector import ConnectAttempt
-        from ssa.interfaces import ITLSStreamListener
+        from ssa.interfaces import ITLSHandshakeListener, ITLSStreamListener
         from ssa.listener import Listener, PendingConnection
         from ssa.sockets import ConnectPlan
         from ssa.tlsconfig import ClientTLSConfig, ServerTLSConfig
@@ -150,5 +151,5 @@ class InterfaceTests(SynchronousTestCase):
         plan = ConnectPlan("127.0.0.1", 443, "localhost", "localhost", ClientTLSConfig())
         attempt = ConnectAttempt(reactor, BrokenBackend(), plan, 1, 1, lambda *a: None, lambda *a: None)
         listener = Listener(reactor, BrokenBackend(), ServerTLSConfig(()), 1, 1, lambda: None, lambda: None)
-        for candidate in (attempt, PendingConnection(listener, ("127.0.0.1", 1))):
-            verifyObject(ITLSStreamListener, candidate)
+        verifyObject(ITLSHandshakeListener, attempt)
+        verifyObject(ITLSStreamListener, PendingConnection(listener, ("127.0.0.1", 1)))

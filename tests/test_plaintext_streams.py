@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -29,6 +30,25 @@ from ssa.policy import Policy
 from ssa.service import SocketService
 from ssa.testing.certs import CertificateAuthority
 from ssa.testing.tls_server import StdlibTLSServer, echo_handler, pseudo_random_bytes, truncating_handler
+
+
+def read_to_end(app: socket.socket) -> tuple[bytes, int | None]:
+    """
+    Read C{app} to its end and close it.
+
+    @return: what arrived, and the errno that ended it (L{None}: a clean
+        end-of-file).
+    """
+    app.settimeout(30)
+    received = bytearray()
+    try:
+        while chunk := app.recv(65536):
+            received += chunk
+    except OSError as e:
+        return bytes(received), e.errno
+    finally:
+        app.close()
+    return bytes(received), None
 
 
 @implementer(IPlaintextStream)
@@ -122,24 +142,43 @@ class LateStreamTests(TestCase):
         socket_id, done = self.connect(server, stream)
         yield stream.asked
         yield done
-        self.assertEqual(self.service.socket(socket_id).state, SocketState.CONNECTED)
+        self.assertEqual(self.service.lookup(socket_id).state, SocketState.CONNECTED)
         self.assertIsNone(self.service.entry(socket_id).bridge, "no bridge before the stream")
         app = stream.arrive()
         payload = pseudo_random_bytes(200_000, "seam")
 
-        def exchange() -> bytes:
+        def exchange() -> tuple[bytes, int | None]:
             app.settimeout(30)
             app.sendall(payload)
             app.shutdown(socket.SHUT_WR)
-            received = bytearray()
-            while chunk := app.recv(65536):
-                received += chunk
-            app.close()
-            return bytes(received)
+            return read_to_end(app)
 
         echoed = yield deferToThread(exchange)
-        self.assertEqual(echoed, payload)
+        self.assertEqual(echoed, (payload, None))
         self.assertEqual(stream.events, ["connecting", "connected"])
+
+    @inlineCallbacks
+    def test_banner_with_the_handshake(self):
+        """
+        A TLS 1.2 server's banner, sent right behind its Finished (often in
+        the read that completes the handshake), reaches a stream that
+        comes later, then the server's clean end.
+        """
+
+        def banner(conn) -> None:
+            conn.sendall(b"220 hello\r\n")
+            conn.close()
+
+        server = StdlibTLSServer(self.server_key, banner, maximum_version=ssl.TLSVersion.TLSv1_2).start()
+        self.addCleanup(server.stop)
+        stream = LateTCPStream()
+        _, done = self.connect(server, stream)
+        yield done
+        yield deferToThread(server.wait_for_connections, 1)  # the banner and close_notify were sent
+        app = stream.arrive()
+
+        received = yield deferToThread(read_to_end, app)
+        self.assertEqual(received, (b"220 hello\r\n", None))
 
     @inlineCallbacks
     def test_truncation_is_a_reset(self):
@@ -153,19 +192,7 @@ class LateStreamTests(TestCase):
         yield done
         app = stream.arrive()
 
-        def read_all() -> tuple[bytes, int | None]:
-            app.settimeout(30)
-            received = bytearray()
-            try:
-                while chunk := app.recv(65536):
-                    received += chunk
-            except OSError as e:
-                return bytes(received), e.errno
-            finally:
-                app.close()
-            return bytes(received), None
-
-        received, err = yield deferToThread(read_all)
+        received, err = yield deferToThread(read_to_end, app)
         self.assertEqual(received, pseudo_random_bytes(50_000, "cut"))
         self.assertEqual(err, errno.ECONNRESET)
 
@@ -184,7 +211,7 @@ class LateStreamTests(TestCase):
         cut = peer.handshake_error or peer.handler_error  # its read of our Finished may come after the cut
         self.assertIsNotNone(cut, "the server saw the connection cut, not closed")
         self.assertFalse(peer.close_notify_received)
-        self.assertNotEqual(self.service.socket(socket_id).state, SocketState.CONNECTED)
+        self.assertNotEqual(self.service.lookup(socket_id).state, SocketState.CONNECTED)
 
     @inlineCallbacks
     def test_closed_while_waiting(self):
