@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
@@ -57,6 +57,7 @@ from ..sockets import TLSSocket
 from .loopback import LoopbackListener, OutgoingStream, RedirectedStream
 
 log = Logger()
+T = TypeVar("T")
 
 #: Who owns the module's sockets: the module does not say which process
 #: called, so no profile matches and the defaults apply.
@@ -229,7 +230,7 @@ class NetlinkFrontend:
                 except OSError as e:
                     raise SSAError(e.errno or errno.EINVAL, e.strerror or str(e)) from None
             try:
-                self.api.setsockopt(entry.core_id, message.level, message.name, value)
+                self.api.setsockopt(entry.core_id, _given(message.level), _given(message.name), value)
             except SSAError as e:
                 if message.level == IPPROTO_TLS or e.errno != errno.ENOPROTOOPT:
                     raise
@@ -239,7 +240,7 @@ class NetlinkFrontend:
 
     def _getsockopt(self, message: Message) -> None:
         try:
-            value = self.api.getsockopt(self._entry(message).core_id, message.level, message.name)
+            value = self.api.getsockopt(self._entry(message).core_id, _given(message.level), _given(message.name))
         except SSAError as e:
             self._return(message.socket_id, -e.errno)
             return
@@ -248,7 +249,7 @@ class NetlinkFrontend:
     def _bind(self, message: Message) -> None:
         def bind() -> None:
             entry = self._entry(message)
-            self.api.bind(entry.core_id, message.external)
+            self.api.bind(entry.core_id, _given(message.external))
             entry.internal = message.internal
 
         self._answer(message, bind)
@@ -259,7 +260,7 @@ class NetlinkFrontend:
             assert isinstance(entry.stream, RedirectedStream) and message.internal is not None
             family, _, port = message.internal
             entry.stream.expect_from(family, port)
-            done = cast(Deferred, self.api.connect(entry.core_id, message.remote, message.blocking))
+            done = cast(Deferred, self.api.connect(entry.core_id, _given(message.remote), bool(message.blocking)))
         except SSAError as e:
             self._return(message.socket_id, -e.errno)
             return
@@ -359,6 +360,16 @@ class NetlinkFrontend:
         entry = self.sockets.get(message.socket_id)
         if entry is not None:
             self._close(entry)
+
+
+def _given(value: T | None) -> T:
+    """
+    An attribute the codec guarantees for the command (see
+    L{wire.LAYOUT}); EINVAL if it is missing all the same.
+    """
+    if value is None:
+        raise SSAError(errno.EINVAL, "a required attribute is missing")
+    return value
 
 
 _HANDLERS = {

@@ -191,7 +191,8 @@ def encode_sockaddr(address: Address) -> bytes:
     """
     family, host, port = address
     if family == socket.AF_INET:
-        return struct.pack(_BYTE_ORDER + "H", family) + struct.pack("!H", port) + socket.inet_pton(family, host) + bytes(8)
+        return (struct.pack(_BYTE_ORDER + "H", family) + struct.pack("!H", port)
+                + socket.inet_pton(family, host) + bytes(8))
     if family == socket.AF_INET6:
         return (struct.pack(_BYTE_ORDER + "H", family) + struct.pack("!HI", port, 0)
                 + socket.inet_pton(family, host) + bytes(4))
