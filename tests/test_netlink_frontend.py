@@ -269,10 +269,14 @@ class NetlinkFrontendTests(TestCase):
         matched by the daemon's source port.
         """
         directory = tempfile.mkdtemp()
+        os.chmod(directory, 0o755)
         files = self.server_key.write(directory, "server")
         listener = yield self.module.socket()
         yield listener.setsockopt(IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, os.fsencode(files.cert) + b"\0")
-        yield listener.setsockopt(IPPROTO_TLS, TLS_PRIVATE_KEY, os.fsencode(files.key) + b"\0")
+        with self.assertRaises(OSError) as caught:  # 0600: the daemon will not read it for an unknown caller
+            yield listener.setsockopt(IPPROTO_TLS, TLS_PRIVATE_KEY, os.fsencode(files.key) + b"\0")
+        self.assertEqual(caught.exception.errno, errno.EACCES)
+        yield listener.setsockopt(IPPROTO_TLS, TLS_PRIVATE_KEY, self.server_key.key_pem() + b"\0")
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -306,6 +310,7 @@ class NetlinkFrontendTests(TestCase):
         """
         server = self.server()
         directory = tempfile.mkdtemp()
+        os.chmod(directory, 0o755)
         with open(os.path.join(directory, "root.pem"), "wb") as f:
             f.write(self.ca.root_pem())
         cwd = os.getcwd()

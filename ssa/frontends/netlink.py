@@ -31,7 +31,6 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .._control import _read_pem_source
 from ..constants import (
     IPPROTO_TLS,
     TLS_CERTIFICATE_CHAIN,
@@ -53,6 +52,7 @@ from ..netlink.transport import (
 )
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
 from ..peer import PeerIdentity
+from ..public_files import read_public
 from ..sockets import TLSSocket
 from .loopback import LoopbackListener, OutgoingStream, RedirectedStream
 
@@ -64,8 +64,12 @@ T = TypeVar("T")
 KERNEL_CLIENT = PeerIdentity(pid=0, uid=-1, gid=-1, executable=None)
 #: The backlog of the daemon's listeners (the module does not forward it).
 BACKLOG = socket.SOMAXCONN
-#: Options whose value the module sends as an absolute path (or inline PEM).
-PATH_OPTIONS = (TLS_TRUSTED_PEER_CERTIFICATES, TLS_CERTIFICATE_CHAIN, TLS_PRIVATE_KEY)
+#: Options whose value the module sends as an absolute path (or inline PEM),
+#: with the errno of a path that cannot be read (as the client library's).
+PATH_OPTIONS = {TLS_TRUSTED_PEER_CERTIFICATES: errno.EINVAL, TLS_CERTIFICATE_CHAIN: errno.EINVAL,
+                TLS_PRIVATE_KEY: errno.EBADF}
+_OPTION_NAMES = {TLS_TRUSTED_PEER_CERTIFICATES: "TLS_TRUSTED_PEER_CERTIFICATES",
+                 TLS_CERTIFICATE_CHAIN: "TLS_CERTIFICATE_CHAIN", TLS_PRIVATE_KEY: "TLS_PRIVATE_KEY"}
 
 
 @dataclass(eq=False)
@@ -225,10 +229,13 @@ class NetlinkFrontend:
             entry = self._entry(message)
             value = message.value or b""
             if message.level == IPPROTO_TLS and message.name in PATH_OPTIONS and not value.startswith(b"-"):
+                # The caller is unknown: read only what every local user may.
+                path = os.fsdecode(value.split(b"\0")[0])
                 try:
-                    value = _read_pem_source(message.name, os.fsdecode(value.split(b"\0")[0]))
+                    value = read_public(path)
                 except OSError as e:
-                    raise SSAError(e.errno or errno.EINVAL, e.strerror or str(e)) from None
+                    err = e.errno if e.errno in (errno.EACCES, errno.EFBIG) else PATH_OPTIONS[message.name]
+                    raise SSAError(err, f"{_OPTION_NAMES[message.name]}: {e.strerror or e}") from None
             try:
                 self.api.setsockopt(entry.core_id, _given(message.level), _given(message.name), value)
             except SSAError as e:

@@ -164,7 +164,7 @@ def original_suite() -> None:
     start = time.monotonic()
     done = subprocess.run(
         [config["kit"] + "/build-and-run", "--work", config["kit_work"], "--daemon-cmd", daemon, "--prefix", "",
-         "--filter", config["suites"], "--ready", "netlink", "--timeout", "240"],
+         "--filter", config["suites"], "--ready", "netlink", "--ready-timeout", "200", "--timeout", "240", "--keep-certs"],
         capture_output=True, text=True, timeout=600, check=False,
     )
     results["suite_seconds"] = round(time.monotonic() - start, 1)
@@ -172,6 +172,9 @@ def original_suite() -> None:
     summary = os.path.join(config["kit_work"], "results", "summary.json")
     if os.path.exists(summary):
         results["suite"] = json.loads(Path(summary).read_text())
+    logs = Path(config["kit_work"], "logs")
+    results["suite_logs"] = {log.name: log.read_text(errors="replace")[-3000:]
+                             for log in sorted(logs.glob("*.log")) if log.name != "build.log"}
 
 
 own_checks()

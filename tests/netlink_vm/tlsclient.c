@@ -7,6 +7,8 @@
  *   tlsclient connect ADDR PORT HOSTNAME          blocking connect: its errno
  *   tlsclient nonblock ADDR PORT HOSTNAME         nonblocking connect, poll in slices, SO_ERROR, echo
  *   tlsclient serve ADDR PORT CHAIN KEY           bind, listen, accept one, echo until EOF
+ *                                                 (CHAIN and KEY are files; it passes their PEM, as a
+ *                                                 program should: the daemon reads no private file for it)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -44,6 +46,23 @@ static socklen_t address(const char *host, int port, struct sockaddr_storage *ss
         b->sin6_family = AF_INET6; b->sin6_port = htons(port); return sizeof *b;
     }
     fprintf(stderr, "bad address %s\n", host); exit(2);
+}
+
+/* The whole of a file, NUL-terminated (exits on failure). */
+static char *read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { printf("{\"step\":\"read %s\",\"errno\":%d}\n", path, errno); exit(0); }
+    size_t size = 0, cap = 4096;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf && (n = fread(buf + size, 1, cap - size - 1, f)) > 0) {
+        size += n;
+        if (cap - size < 2) buf = realloc(buf, cap *= 2);
+    }
+    fclose(f);
+    if (!buf) exit(2);
+    buf[size] = 0;
+    return buf;
 }
 
 static int tls_socket(int family, const char *hostname) {
@@ -137,8 +156,9 @@ int main(int argc, char **argv) {
         close(fd);
     } else if (!strcmp(mode, "serve")) {
         int fd = tls_socket(ss.ss_family, NULL);
-        if (setsockopt(fd, IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, argv[4], strlen(argv[4]) + 1) < 0 ||
-            setsockopt(fd, IPPROTO_TLS, TLS_PRIVATE_KEY, argv[5], strlen(argv[5]) + 1) < 0) {
+        char *chain = read_file(argv[4]), *key = read_file(argv[5]);
+        if (setsockopt(fd, IPPROTO_TLS, TLS_CERTIFICATE_CHAIN, chain, strlen(chain) + 1) < 0 ||
+            setsockopt(fd, IPPROTO_TLS, TLS_PRIVATE_KEY, key, strlen(key) + 1) < 0) {
             printf("{\"step\":\"credentials\",\"errno\":%d}\n", errno); return 0;
         }
         if (bind(fd, (struct sockaddr *)&ss, len) < 0) { printf("{\"step\":\"bind\",\"errno\":%d}\n", errno); return 0; }
