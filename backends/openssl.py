@@ -96,10 +96,11 @@ class _VerifyRecord:
         L{None}.
     """
 
-    __slots__ = ("config", "failure", "leaf_checked", "refusal", "verify_name")
+    __slots__ = ("config", "failure", "leaf_checked", "refusal", "staple", "verify_name")
 
     def __init__(self, verify_name: str | None = None) -> None:
         self.config: ClientTLSConfig | None = None
+        self.staple = b""
         self.failure: str | None = None
         self.verify_name = verify_name
         self.refusal: TLSFailure | None = None
@@ -185,6 +186,18 @@ def _accept_path(connection: SSL.Connection, record: _VerifyRecord) -> bool:
     except Exception:
         pass  # no chain to read here: the check after the handshake decides
     return record.refusal is None
+
+
+def _keep_staple(connection: SSL.Connection, response: bytes, data: object) -> bool:
+    """
+    OpenSSL's OCSP status callback on a client: keep the stapled response
+    (C{b""} if none) for the revocation check after the handshake
+    (L{ssa.revocationcheck}), which judges it; the handshake goes on.
+    """
+    record = connection.get_app_data()
+    if isinstance(record, _VerifyRecord):
+        record.staple = bytes(response)
+    return True
 
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -295,6 +308,7 @@ def build_context(config: ClientTLSConfig) -> SSL.Context:
     context = _new_context(SSL.TLS_CLIENT_METHOD, config)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback)
     context.set_verify_depth(config.verify_depth)
+    context.set_ocsp_client_callback(_keep_staple)
     # Keep the client's sessions resumable (the daemon caches them itself).
     context.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
     if config.use_system_store:
@@ -483,6 +497,8 @@ class OpenSSLEngine:
             self._connection.set_accept_state()
             return
         self._connection.set_connect_state()
+        if isinstance(config, ClientTLSConfig) and config.revocation is not None:
+            self._connection.request_ocsp()  # status_request: the server may staple
         if verify_name is not None and "%" not in verify_name:
             _check_name_in_handshake(self._connection, verify_name)
         sni = _sni_name(server_hostname)
@@ -612,6 +628,7 @@ class OpenSSLEngine:
             alpn=self._alpn(),
             resumed=_session_reused(connection),
             group=_group(connection),
+            ocsp_response=self._record.staple,
         )
 
     def session(self) -> SSL.Session | None:

@@ -21,6 +21,7 @@ from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSStreamListener
 from .options import is_ip_literal
 from .pathvalidation import check_server_chain
+from .revocationcheck import check_server_revocation
 from .sockets import ConnectPlan
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
@@ -149,14 +150,38 @@ class ConnectAttempt(ClientFactory):
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """
-        The handshake and identity check passed: the socket is connected.
+        The handshake and identity check passed: once the revocation check
+        passes too (L{check_server_revocation}; it may wait for fetches,
+        while the connection waits unread), the socket is connected.
         """
         if self._done:
             return
-        self._done = True
         self._stop_timer()
-        assert self._protocol is not None
-        self._on_connected(self._protocol, info)
+        protocol = self._protocol
+        assert protocol is not None
+        checked = check_server_revocation(self._reactor, self._plan.config, info)
+        if not checked.called:
+            protocol.detach()
+            protocol.transport.pauseProducing()
+        checked.addCallbacks(lambda _: self._revocation_passed(protocol, info), self._revocation_failed)
+
+    def _revocation_passed(self, protocol: TLSStreamProtocol, info: TLSSessionInfo) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._on_connected(protocol, info)
+
+    def _revocation_failed(self, failure: Failure) -> None:
+        if self._done:
+            return
+        if failure.check(TLSFailure):
+            reason = str(failure.value.args[0])
+        else:
+            log.failure("the revocation check failed", failure)
+            reason = INTERNAL_ERROR
+        self._finish_failed(errno.EPROTO if reason != INTERNAL_ERROR else errno.ECANCELED, reason)
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.abortConnection()
 
     def tls_data_received(self, data: bytes) -> None:
         """

@@ -123,6 +123,9 @@ class TLSSessionInfo:
     @ivar server_name: on a server, the SNI name the client sent.
     @ivar group: the negotiated key-exchange group (e.g. C{X25519}), if
         the backend can tell.
+    @ivar ocsp_response: on a client, the OCSP response the server stapled
+        (DER; C{b""} if it stapled none), or L{None} if the backend cannot
+        read stapled responses.
     """
 
     version: int
@@ -132,6 +135,7 @@ class TLSSessionInfo:
     resumed: bool = False
     server_name: str | None = None
     group: str | None = field(default=None, compare=False)  # informational: left out of equality
+    ocsp_response: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

@@ -111,6 +111,8 @@ class OpenSSLResponder:
     def _write(self) -> None:
         with open(self.index, "w") as f:
             f.writelines(self.entries.values())
+        with open(self.index + ".attr", "w") as f:
+            f.write("unique_subject = no\n")  # many leaves may be localhost
 
     def respond(self, request: bytes) -> bytes:
         """
