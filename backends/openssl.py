@@ -56,6 +56,7 @@ from ssa.identity import check_readable, verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
 from ssa.options import is_ip_literal
 from ssa.pathvalidation import check_server_chain
+from ssa.stapling import STAPLES
 from ssa.tlsconfig import (
     ClientTLSConfig,
     Credential,
@@ -198,6 +199,15 @@ def _keep_staple(connection: SSL.Connection, response: bytes, data: object) -> b
     if isinstance(record, _VerifyRecord):
         record.staple = bytes(response)
     return True
+
+
+def _staple(connection: SSL.Connection, data: object) -> bytes:
+    """
+    OpenSSL's OCSP status callback on a server: the current staple of the
+    certificate being served (L{ssa.stapling.STAPLES}), C{b""} if none.
+    """
+    certificate = connection.get_certificate(as_cryptography=True)
+    return STAPLES.get(certificate) if certificate is not None else b""
 
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -407,6 +417,9 @@ def build_server_context(config: ServerTLSConfig) -> SSL.Context:
             _load_anchors(context, config.client_anchors, name_client_cas=True)
     if config.alpn:
         context.set_alpn_select_callback(_alpn_selector(alpn_names(config.alpn)))
+    if config.ocsp_stapling:
+        # The staples change; the Context does not: the callback reads them.
+        context.set_ocsp_server_callback(_staple)
     # A session id context makes sessions resumable (OpenSSL refuses to
     # resume a session that had a verified client certificate without one);
     # distinct configurations get distinct ones.

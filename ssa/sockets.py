@@ -300,6 +300,8 @@ class TLSSocket:
             session_timeout=self.session_ttl if self.resumes_sessions else 0,
             path_validation=policy.path_validation,
             revocation=self.client_certificate_revocation(),
+            ocsp_stapling=self.server_ocsp_stapling,
+            ocsp_timeout=policy.revocation_timeout,
         )
 
     def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:

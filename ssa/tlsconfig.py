@@ -94,6 +94,10 @@ class ServerTLSConfig:
         certificates (see L{ssa.pathvalidation}).
     @ivar revocation: how client certificates are checked for
         revocation, or L{None} (see L{ssa.revocation}).
+    @ivar ocsp_stapling: C{TLS_SERVER_OCSP_STAPLING}: staple an OCSP
+        response for the certificate (see L{ssa.stapling}).
+    @ivar ocsp_timeout: seconds for each fetch of that response (the
+        policy's C{revocation-timeout}).
     """
 
     credentials: tuple[Credential, ...]
@@ -108,6 +112,8 @@ class ServerTLSConfig:
     session_timeout: int = 300
     path_validation: str = "webpki"
     revocation: Revocation | None = None
+    ocsp_stapling: bool = False
+    ocsp_timeout: float = 5.0
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import errno
 import os
 import select
 import socket
+import subprocess
 import textwrap
 import threading
 import time
@@ -432,4 +433,50 @@ class StapleTests(OCSPTestCase):
         self.refused(self.stapling_server(stale, leaf).port, "must-staple")
 
 
-for_each_backend(globals(), ResponderTests, HardFailTests, CacheOffTests, StapleTests)
+
+
+class ServerStaplingTests(OCSPTestCase):
+    """
+    A listener with TLS_SERVER_OCSP_STAPLING=1 staples its responder's
+    answer (openssl backend); the stdlib backend refuses to listen so.
+    """
+
+    def stapling_listener(self, leaf: CertifiedKey) -> client.SSASocket:
+        """
+        A listener serving C{leaf} with stapling, once the daemon says it
+        has a good response for it.
+        """
+        before = self.daemon.log().count("stapling: a good OCSP response")
+        listener = self.listener(leaf.chain_pem(), leaf.key_pem(), TLS_SERVER_OCSP_STAPLING=1)
+        deadline = time.monotonic() + 30
+        while self.daemon.log().count("stapling: a good OCSP response") <= before:
+            self.assertLess(time.monotonic(), deadline, f"no staple in the log:\n{self.daemon.log()}")
+            select.select([], [], [], 0.02)
+        return listener
+
+    def test_s_client_sees_staple(self) -> None:
+        """
+        C{openssl s_client -status} gets a good stapled response; the
+        daemon's own client accepts a must-staple leaf from it.
+        """
+        if self.backend == "stdlib":
+            failure = self.assertRaises(OSError, self.listener, self.leaf.chain_pem(), self.leaf.key_pem(),
+                                        TLS_SERVER_OCSP_STAPLING=1)
+            self.assertEqual(failure.errno, errno.EPROTO)
+            self.assertIn("stdlib backend cannot staple", str(failure))
+            return
+        leaf = self.issue(must_staple=True)
+        self.responder.good(leaf.cert)
+        listener = self.stapling_listener(leaf)
+        port = listener.getsockname()[1]
+        result = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost", "-status"],
+            input=b"", capture_output=True, timeout=30, check=False)
+        output = result.stdout.decode(errors="replace")
+        self.assertIn("OCSP Response Status: successful", output)
+        self.assertIn("Cert Status: good", output)
+        self.connects(port)
+        self.assertEqual(self.http.requests["/ocsp/int"], 1)
+
+
+for_each_backend(globals(), ResponderTests, HardFailTests, CacheOffTests, StapleTests, ServerStaplingTests)
