@@ -54,6 +54,7 @@ OCSP_CACHE = FetchCache(4096)
 CRL_CACHE = FetchCache(64)
 
 _said: set[str] = set()
+_CRL = "CRL"  # the source of a status a CRL gave (its reason names the CRL)
 
 
 def _now() -> datetime.datetime:
@@ -155,7 +156,7 @@ async def _status(
         files = revocation.crls.for_issuer(issuer.subject)
         status = crl_status(certificate, issuer, files, now)
         if status.state != UNKNOWN:
-            return status, "crl-path"
+            return status, _CRL
         reasons.append(status.why or f"no CRL from its issuer {certificate_subject(issuer)} in crl-path")
         for url in crl_urls(certificate):
             try:
@@ -165,7 +166,7 @@ async def _status(
                 continue
             status = crl_status(certificate, issuer, [crl], _now())
             if status.state != UNKNOWN:
-                return status, f"the CRL distribution point {url}"
+                return status, _CRL
             reasons.append(status.why)
     return unknown("; ".join(reasons)), ""
 
@@ -219,7 +220,7 @@ def _verdict(
     for depth, (status, source) in enumerate(results):
         if status.state == REVOKED:
             subject = certificate_subject(path[depth])
-            if source == "crl-path":
+            if source == _CRL:  # the reason names the CRL: its file or URL
                 raise TLSFailure(f"certificate revoked: {subject} (depth {depth}) {status.why}")
             raise TLSFailure(f"certificate revoked: {subject} (depth {depth}): {source} says {status.why}")
     if staple is None and revocation.stapled:

@@ -202,7 +202,7 @@ class ResponderTests(OCSPTestCase):
         del self.http.routes["/ocsp/int"]
         self.http.routes["/crl/int"] = make_crl(self.intermediate, (self.leaf.cert,))
         self.refused(self.server().port, "revoked", "/CN=localhost",
-                     f"CRL distribution point {self.http.url('/crl/int')}")
+                     f"is listed on the CRL {self.http.url('/crl/int')}")
 
     def test_unknown_passes(self) -> None:
         """
