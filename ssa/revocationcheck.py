@@ -27,12 +27,15 @@ refused in either mode.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.logger import Logger
 
@@ -52,6 +55,11 @@ log = Logger()
 #: connection of this process shares.
 OCSP_CACHE = FetchCache(4096)
 CRL_CACHE = FetchCache(64)
+#: Verdicts on stapled responses (nothing is fetched for them).
+STAPLE_CACHE = FetchCache(4096)
+#: How many walked paths are remembered.
+PATHS = 4096
+_paths: OrderedDict[tuple, tuple[tuple[x509.Certificate, ...], list[x509.Certificate]]] = OrderedDict()
 
 _said: set[str] = set()
 _CRL = "CRL"  # the source of a status a CRL gave (its reason names the CRL)
@@ -77,8 +85,10 @@ def check_server_revocation(reactor: Any, config: ClientTLSConfig, info: TLSSess
         return succeed(None)
     if not (revocation.stapled or revocation.ocsp or revocation.crl):
         return succeed(None)  # every method off: nothing is checked
+    if _nothing_to_learn(revocation, info):
+        return succeed(None)
     try:
-        path = walk_path(info.peer_chain, anchors_of(config.trust_anchors, config.use_system_store))
+        path = _walked(info.peer_chain, anchors_of(config.trust_anchors, config.use_system_store))
     except TLSFailure:
         return fail()
     now = _now()
@@ -92,6 +102,38 @@ def check_server_revocation(reactor: Any, config: ClientTLSConfig, info: TLSSess
     gathered = gatherResults(checks, consumeErrors=True)
     gathered.addCallback(_verdict, path, revocation, info.ocsp_response)
     return gathered
+
+
+def _nothing_to_learn(revocation: Revocation, info: TLSSessionInfo) -> bool:
+    """
+    Whether no source could say anything and nothing would be refused for
+    it (C{soft-fail}, no staple, no CRLs in C{crl-path}, no responder or
+    distribution point named, no must-staple leaf): the common case of a
+    private PKI, decided without walking the path.
+    """
+    if revocation.hard_fail or (revocation.crl and revocation.crls.crls):
+        return False
+    chain = info.peer_chain
+    if revocation.stapled and (info.ocsp_response or ocsp.must_staple(chain[0])):
+        return False
+    return not any((revocation.ocsp and ocsp.ocsp_urls(c)) or (revocation.crl and crl_urls(c)) for c in chain)
+
+
+def _walked(chain: Sequence[x509.Certificate], anchors: tuple[x509.Certificate, ...]) -> list[x509.Certificate]:
+    """
+    L{walk_path}, remembered for the last L{PATHS} distinct chains and
+    anchors (walking verifies signatures: about a millisecond each).
+    """
+    key = (tuple(c.fingerprint(hashes.SHA256()) for c in chain), id(anchors))
+    kept = _paths.get(key)
+    if kept is not None and kept[0] is anchors:
+        _paths.move_to_end(key)
+        return kept[1]
+    path = walk_path(chain, anchors)
+    _paths[key] = (anchors, path)
+    while len(_paths) > PATHS:
+        _paths.popitem(last=False)
+    return path
 
 
 def walk_path(chain: Sequence[x509.Certificate], anchors: Sequence[x509.Certificate]) -> list[x509.Certificate]:
@@ -138,7 +180,7 @@ async def _status(
         elif not staple:
             reasons.append("the server stapled no OCSP response")
         else:
-            status = ocsp.evaluate(staple, certificate, issuer, now)
+            status = await _staple_status(staple, certificate, issuer)
             if status.state != UNKNOWN:
                 return status, "the stapled OCSP response"
             reasons.append(f"the stapled OCSP response {status.why}")
@@ -169,6 +211,22 @@ async def _status(
                 return status, _CRL
             reasons.append(status.why)
     return unknown("; ".join(reasons)), ""
+
+
+def _staple_status(staple: bytes, certificate: x509.Certificate, issuer: x509.Certificate) -> Deferred:
+    """
+    What C{staple} says about C{certificate}; a good or revoked verdict is
+    remembered until the response's nextUpdate (a server staples the same
+    response to every connection).
+    """
+    key = (hashlib.sha256(staple).digest(), certificate.fingerprint(hashes.SHA256()),
+           issuer.fingerprint(hashes.SHA256()))
+
+    def parse(data: bytes) -> tuple[Status, datetime.datetime | None]:
+        status = ocsp.evaluate(data, certificate, issuer, _now())
+        return status, (status.next_update if status.state != UNKNOWN else None)
+
+    return STAPLE_CACHE.get(key, lambda: succeed(staple), parse)
 
 
 def _ocsp_answer(
