@@ -510,7 +510,7 @@ class OpenSSLEngine:
             self._connection.set_accept_state()
             return
         self._connection.set_connect_state()
-        if isinstance(config, ClientTLSConfig) and config.revocation is not None:
+        if isinstance(config, ClientTLSConfig) and config.revocation is not None and config.revocation.stapled:
             self._connection.request_ocsp()  # status_request: the server may staple
         if verify_name is not None and "%" not in verify_name:
             _check_name_in_handshake(self._connection, verify_name)
