@@ -16,7 +16,7 @@ import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable
-from typing import Generic, TypeVar, Union
+from typing import Generic, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -28,7 +28,7 @@ from ssa.constants import TLS_1_2, TLS_1_3, version_name
 from ssa.errors import TLSFailure
 from ssa.tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, subject_line
 
-AnyTLSConfig = Union[ClientTLSConfig, ServerTLSConfig]
+AnyTLSConfig = ClientTLSConfig | ServerTLSConfig
 
 
 # Both backends pin OpenSSL's security level rather than inherit how the
@@ -100,7 +100,7 @@ def alpn_names(protocols: tuple[str, ...]) -> list[bytes]:
     @raise TLSFailure: a name is empty or longer than 255 bytes.
     """
     names = [protocol.encode("utf-8") for protocol in protocols]
-    for name, protocol in zip(names, protocols):
+    for name, protocol in zip(names, protocols, strict=False):
         if not 0 < len(name) < 256:
             raise TLSFailure(
                 f"invalid TLS configuration: bad ALPN protocol name {protocol!r}"

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import lib as _lib
 from OpenSSL.crypto import X509, X509StoreFlags
+from zope.interface import implementer
+
 from ssa.backends._openssl_errors import (
     describe_ssl_error,
     raw_reason,
@@ -48,8 +50,6 @@ from ssa.backends._tls_common import (
     verification_failed,
     version_range,
 )
-from zope.interface import implementer
-
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.identity import check_readable, verify_identity

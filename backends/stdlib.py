@@ -68,6 +68,8 @@ import warnings
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from zope.interface import implementer
+
 from ssa.backends._tls_common import (
     SECURITY_LEVEL,
     AnyTLSConfig,
@@ -82,8 +84,6 @@ from ssa.backends._tls_common import (
     verification_failed,
     version_range,
 )
-from zope.interface import implementer
-
 from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.identity import verify_identity
@@ -461,7 +461,8 @@ def locate_verify_error(code: int, chain: list[x509.Certificate], now: datetime.
     """
     if code in (_EXPIRED, _NOT_YET_VALID):
         for depth, certificate in enumerate(chain):
-            if (certificate.not_valid_after_utc < now) if code == _EXPIRED else (certificate.not_valid_before_utc > now):
+            expired = certificate.not_valid_after_utc < now
+            if expired if code == _EXPIRED else certificate.not_valid_before_utc > now:
                 return depth
         return None
     if code in (_NO_ISSUER, _NO_LOCAL_ISSUER) and chain:
@@ -580,7 +581,7 @@ class StdlibEngine:
         """
         try:
             chain = [_certificate(item) for item in _chain(self._object, "get_unverified_chain") or ()]
-            found = locate_verify_error(code, chain, datetime.datetime.now(datetime.timezone.utc))
+            found = locate_verify_error(code, chain, datetime.datetime.now(datetime.UTC))
         except Exception:
             found = None
         if found is None:
@@ -648,7 +649,7 @@ class StdlibEngine:
         try:
             self._check_depth()
         except TLSFailure as e:
-            raise self._fail(e)
+            raise self._fail(e) from None
         self._handshake_done = True
         return True
 

@@ -46,17 +46,21 @@ class BackendChoice:
         return namedAny(self.factory)()
 
 
+#: The backends that ship with C{ssa} (C{twisted/plugins/ssa_backends.py}
+#: offers them as plugins).
+BUILT_IN = (
+    BackendChoice("openssl", "ssa.backends.openssl.OpenSSLBackend", "OpenSSL through pyOpenSSL (the default)"),
+    BackendChoice("stdlib", "ssa.backends.stdlib.StdlibBackend", "OpenSSL through Python's ssl module"),
+)
+
+
 def available() -> dict[str, IBackendChoice]:
     """
     Every installed backend, by name: the built-in ones (always, even where
     an editable install hides plugin directories from the scan) and every
     plugin found.
     """
-    from twisted.plugins import ssa_backends
-
-    choices: dict[str, IBackendChoice] = {
-        c.name: c for c in vars(ssa_backends).values() if isinstance(c, BackendChoice)
-    }
+    choices: dict[str, IBackendChoice] = {choice.name: choice for choice in BUILT_IN}
     choices.update((choice.name, choice) for choice in getPlugins(IBackendChoice))
     return choices
 

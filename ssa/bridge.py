@@ -2,9 +2,10 @@
 The endpoint objects that join an application's plaintext stream to its
 secure connection, once the handshake is done.
 
-The application holds one end of a Unix socketpair; the daemon holds the
-other (the I{plaintext end}) and the TCP socket of the TLS connection (the
-I{secure end}). A L{Bridge} moves bytes between them through the
+The application holds one end of its plaintext stream (a Unix socketpair,
+or a loopback TCP connection with the netlink frontend); the daemon holds
+the other (the I{plaintext end}, a L{PlaintextSocket}) and the TCP socket
+of the TLS connection (the I{secure end}). A L{Bridge} moves bytes between them through the
 connection's L{ITLSEngine}, in order and unchanged, with the fewest system
 calls it can: reads of L{READ_SIZE}, writes straight to the socket (no
 reactor turn in between), and only what does not fit waits for the socket
@@ -33,16 +34,13 @@ from . import descriptors
 from .edge import watcher_for
 from .errors import TLSFailure, TLSTruncated
 from .interfaces import ITLSEngine
+from .plaintext import PlaintextSocket
 
 log = Logger()
 
 #: Bytes read from either socket at once: the data path is bound by system
 #: calls and reactor turns, not by the cipher (docs/performance.md).
 READ_SIZE = 1 << 18
-
-#: Send buffer of both ends of the application's socketpair once
-#: connected, so that a 256 KiB write needs one wakeup, not two.
-PLAINTEXT_BUFFER = 1 << 20
 
 #: Reads per readiness event while every read fills the buffer.
 READS_PER_TURN = 4
@@ -73,6 +71,17 @@ def _send_after(sock: socket.socket, pending: memoryview, data: bytes) -> memory
     except BlockingIOError:
         sent = 0
     return _NOTHING if sent == len(data) else memoryview(data)[sent:]
+
+
+def _reset_on_close(sock: socket.socket) -> None:
+    """
+    Make closing C{sock} (a TCP socket) reset its connection.
+    """
+    if sock.fileno() >= 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+        except OSError:
+            pass
 
 
 class ConnectionLostError(Exception):
@@ -131,15 +140,15 @@ class Bridge:
         reactor,
         engine: ITLSEngine,
         tcp: socket.socket,
-        plaintext_fd: int,
+        plaintext: PlaintextSocket,
         on_end: Callable[[BaseException | None], None],
         unsent: bytes = b"",
         on_first_data: Callable[[], None] | None = None,
     ) -> None:
         """
         @param tcp: the connected, nonblocking TCP socket; the bridge owns it.
-        @param plaintext_fd: the daemon's end of the socketpair; the bridge
-            owns it.
+        @param plaintext: the daemon's end of the application's stream; the
+            bridge owns its socket.
         @param on_end: called once when both sides are closed.
         @param unsent: ciphertext to send before anything else.
         @param on_first_data: called once, when the first data from the
@@ -150,10 +159,11 @@ class Bridge:
         self.failure: BaseException | None = None
         self._on_end = on_end
         self._on_first_data = on_first_data
-        plaintext = socket.socket(fileno=plaintext_fd)
-        plaintext.setblocking(False)
+        self._placeholder = plaintext.placeholder
+        app = plaintext.sock
+        app.setblocking(False)
         self._secure = _End(tcp, self._secure_readable, self._secure_writable, self._lost, "ssa-tls")
-        self._plaintext = _End(plaintext, self._plaintext_readable, self._plaintext_writable, self._lost,
+        self._plaintext = _End(app, self._plaintext_readable, self._plaintext_writable, self._lost,
                                "ssa-plaintext")
         self._to_peer = _NOTHING
         self._to_app = _NOTHING
@@ -171,7 +181,7 @@ class Bridge:
         self._app_ready = False          # an edge came and the plaintext end may hold unread bytes
         self._read_scheduled = False
         self._edges = watcher_for(reactor)
-        self._edges.watch(plaintext_fd, self._plaintext_edge)
+        self._edges.watch(app.fileno(), self._plaintext_edge)
         self._send_peer(unsent)
 
     @property
@@ -216,9 +226,12 @@ class Bridge:
             if not self._can_read_app():
                 break
             try:
-                data = sock.recv(READ_SIZE, socket.MSG_PEEK)  # after the placeholder (SO_PEEK_OFF)
-                if data:
-                    self._consume(sock, len(data))
+                if self._placeholder:
+                    data = sock.recv(READ_SIZE, socket.MSG_PEEK)  # after the placeholder (SO_PEEK_OFF)
+                    if data:
+                        self._consume(sock, len(data))
+                else:
+                    data = sock.recv(READ_SIZE)
             except BlockingIOError:
                 self._app_ready = False
                 break
@@ -422,7 +435,7 @@ class Bridge:
         if not self._failing and not self._app_done_writing:
             self._app_done_writing = True
             try:
-                for data in descriptors.drain(self._plaintext.fileno()):
+                for data in descriptors.drain(self._plaintext.fileno(), self._placeholder):
                     self.engine.write(data)
                 self.engine.close_notify()
             except TLSFailure:
@@ -501,10 +514,12 @@ class Bridge:
 
     def _signal_error_and_close(self) -> None:
         """
-        Close the plaintext end with its placeholder unread: the kernel
-        makes the application's next read, after the bytes already sent,
-        fail with C{ECONNRESET}.
+        Close the plaintext end with its placeholder unread (or, without
+        one, with a reset): the kernel makes the application's next read,
+        after the bytes already sent, fail with C{ECONNRESET}.
         """
+        if not self._placeholder and self._plaintext.socket.fileno() >= 0:
+            _reset_on_close(self._plaintext.socket)
         self._close_plaintext()
 
     def _lost(self, reason: Failure) -> None:
@@ -513,12 +528,7 @@ class Bridge:
             self._close_plaintext()
 
     def _abort_tcp(self) -> None:
-        sock = self._secure.socket
-        if sock.fileno() >= 0:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-            except OSError:
-                pass
+        _reset_on_close(self._secure.socket)
         self._to_peer = _NOTHING
         self._close_tcp()
 
@@ -560,7 +570,8 @@ class Bridge:
         if not (secure_done and plaintext_done):
             return
         self._ended = True
-        if self.failure is None and not self._failing and self._plaintext.socket.fileno() >= 0:
+        if (self.failure is None and not self._failing and self._placeholder
+                and self._plaintext.socket.fileno() >= 0):
             descriptors.take_byte(self._plaintext.socket.fileno())  # a clean end reads as one
         for end in (self._secure, self._plaintext):
             if end.socket.fileno() >= 0:

@@ -27,32 +27,6 @@ import ipaddress
 import os
 import socket as _socket
 import struct
-from typing import Any
-
-from ssa import _channels, wire
-from ssa._control import ControlChannel, encode_option, reply_error
-from ssa.constants import *  # noqa: F401,F403  (re-exported: client.TLS_HOSTNAME)
-from ssa.constants import (
-    AF_HOSTNAME,
-    IPPROTO_TLS,
-    TLS_ALPN,
-    TLS_CHOSEN_CIPHER,
-    TLS_CHOSEN_VERSION,
-    TLS_ERROR,
-    TLS_HOSTNAME,
-    TLS_PEER_CERTIFICATE_CHAIN,
-    TLS_PEER_IDENTITY,
-    TLS_TRUSTED_CIPHERS,
-    version_name,
-)
-from ssa.constants import (  # for create_connection / create_server
-    TLS_CERTIFICATE_CHAIN,
-    TLS_PRIVATE_KEY,
-    TLS_REQUEST_PEER_AUTH,
-    TLS_TRUSTED_PEER_CERTIFICATES,
-)
-from ssa.constants import __all__ as _constants_all
-from ssa.paths import client_socket_path
 from socket import (  # noqa: F401  (re-exported for callers' convenience)
     AF_INET,
     AF_INET6,
@@ -66,6 +40,30 @@ from socket import (  # noqa: F401  (re-exported for callers' convenience)
     SOCK_STREAM,
     SOL_SOCKET,
 )
+from typing import Any
+
+from ssa import _channels, wire
+from ssa._control import ControlChannel, encode_option, reply_error
+from ssa.constants import *  # noqa: F401,F403  (re-exported: client.TLS_HOSTNAME)
+from ssa.constants import (  # for create_connection / create_server
+    AF_HOSTNAME,
+    IPPROTO_TLS,
+    TLS_ALPN,
+    TLS_CERTIFICATE_CHAIN,
+    TLS_CHOSEN_CIPHER,
+    TLS_CHOSEN_VERSION,
+    TLS_ERROR,
+    TLS_HOSTNAME,
+    TLS_PEER_CERTIFICATE_CHAIN,
+    TLS_PEER_IDENTITY,
+    TLS_PRIVATE_KEY,
+    TLS_REQUEST_PEER_AUTH,
+    TLS_TRUSTED_CIPHERS,
+    TLS_TRUSTED_PEER_CERTIFICATES,
+    version_name,
+)
+from ssa.constants import __all__ as _constants_all
+from ssa.paths import client_socket_path
 
 #: Options (level IPPROTO_TLS) whose value is text: C{getsockopt} without a
 #: C{buflen} returns them as C{str}, not as an integer.

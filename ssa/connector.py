@@ -10,15 +10,15 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .errors import TLSFailure, TLSTruncated
+from .errors import INTERNAL_ERROR, TLSFailure, TLSTruncated
 from .identity import verify_identity
-from .interfaces import ITLSBackend, ITLSStreamListener
+from .interfaces import ITLSBackend, ITLSHandshakeListener
 from .options import is_ip_literal
 from .pathvalidation import check_server_chain
 from .revocationcheck import check_server_revocation
@@ -27,10 +27,9 @@ from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
 
 log = Logger()
-INTERNAL_ERROR = "internal error in the SSA daemon (details are in its log)"
 
 
-@implementer(ITLSStreamListener)
+@implementer(ITLSHandshakeListener)
 class ConnectAttempt(ClientFactory):
     """
     Connects one socket; calls exactly one of C{on_connected(protocol,
@@ -142,7 +141,7 @@ class ConnectAttempt(ClientFactory):
         Reported through L{tls_connection_lost} instead.
         """
 
-    # ITLSStreamListener, until the bridge takes over
+    # ITLSHandshakeListener
 
     def _check_session(self, info: TLSSessionInfo) -> None:
         verify_identity(info.peer_certificate, self._plan.verify_name)
@@ -150,19 +149,21 @@ class ConnectAttempt(ClientFactory):
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """
-        The handshake and identity check passed: once the revocation check
-        passes too (L{check_server_revocation}; it may wait for fetches,
-        while the connection waits unread), the socket is connected.
+        The handshake and identity check passed: the protocol reads nothing
+        more (what the engine holds is the bridge's to read). Once the
+        revocation check passes too (L{check_server_revocation}; it may
+        wait for fetches, while the connection waits unread), the socket is
+        connected and the connection is C{on_connected}'s.
         """
+        assert self._protocol is not None
+        self._protocol.detach()
         if self._done:
             return
         self._stop_timer()
         protocol = self._protocol
-        assert protocol is not None
         checked = check_server_revocation(self._reactor, self._plan.config, info)
         if not checked.called:
-            protocol.detach()
-            protocol.transport.pauseProducing()
+            IPushProducer(protocol.transport).pauseProducing()
         checked.addCallbacks(lambda _: self._revocation_passed(protocol, info), self._revocation_failed)
 
     def _revocation_passed(self, protocol: TLSStreamProtocol, info: TLSSessionInfo) -> None:
@@ -180,19 +181,8 @@ class ConnectAttempt(ClientFactory):
             log.failure("the revocation check failed", failure)
             reason = INTERNAL_ERROR
         self._finish_failed(errno.EPROTO if reason != INTERNAL_ERROR else errno.ECANCELED, reason)
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.abortConnection()
-
-    def tls_data_received(self, data: bytes) -> None:
-        """
-        Not reachable: the bridge detaches the protocol inside
-        L{tls_handshake_completed} and reads what the engine holds itself.
-        """
-
-    def tls_peer_closed(self) -> None:
-        """
-        Not reachable before the handshake completes.
-        """
+        if self._protocol is not None:
+            self._protocol.fail(TLSFailure(reason))
 
     def tls_connection_lost(self, failure: BaseException | None) -> None:
         """

@@ -131,16 +131,17 @@ def discard(daemon_end: int, count: int) -> None:
         sock.detach()
 
 
-def drain(fd: int) -> list[bytes]:
+def drain(fd: int, placeholder: bool = True) -> list[bytes]:
     """
     Read everything queued on C{fd} now, without blocking, after the
-    placeholder (which is dropped: the application then reads a clean
-    end-of-file once C{fd} closes).
+    placeholder if it holds one (which is dropped: the application then
+    reads a clean end-of-file once C{fd} closes).
     """
     sock = _borrow(fd)
     chunks = []
     try:
-        sock.recv(1, socket.MSG_DONTWAIT)
+        if placeholder:
+            sock.recv(1, socket.MSG_DONTWAIT)
         while chunk := sock.recv(1 << 18, socket.MSG_DONTWAIT):
             chunks.append(chunk)
     except OSError:

@@ -81,6 +81,18 @@ class EdgeWatcher:
         return "ssa-edges"
 
 
+def release(reactor) -> None:
+    """
+    Stop and forget C{reactor}'s watcher if it watches nothing now (a
+    reactor that goes on without bridges, as in tests).
+    """
+    watcher = _watchers.get(id(reactor))
+    if watcher is not None and not watcher._callbacks:
+        del _watchers[id(reactor)]
+        reactor.removeReader(watcher)
+        watcher._epoll.close()
+
+
 def watcher_for(reactor) -> EdgeWatcher:
     """
     The one L{EdgeWatcher} of C{reactor}.

@@ -415,7 +415,7 @@ class ClientParser:
         """
         Make an L{SSAClientEndpoint} from an endpoint string's parts.
         """
-        positional = dict(zip(("host", "port"), args))
+        positional = dict(zip(("host", "port"), args, strict=False))
         host = kwargs.pop("host", positional.get("host"))
         port = kwargs.pop("port", positional.get("port"))
         if host is None or port is None:

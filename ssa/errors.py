@@ -25,6 +25,10 @@ class SSAError(Exception):
         return f"[{_errno.errorcode.get(self.errno, self.errno)}] {self.reason}"
 
 
+#: What an application reads when the daemon failed where it should not.
+INTERNAL_ERROR = "internal error in the SSA daemon (details are in its log)"
+
+
 class TLSFailure(Exception):
     """
     A TLS handshake, certificate or identity failure (connect fails EPROTO).

@@ -21,7 +21,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, PotentialDataLoss, ResponseDone
 from twisted.web.http_headers import Headers
@@ -62,7 +63,7 @@ def fetch(
     result: Deferred = Deferred()
     state: dict[str, Any] = {"body": None}
 
-    def finish(outcome: bytes | Failure) -> None:
+    def finish(outcome: object) -> None:
         if result.called:
             return
         if timer.active():
@@ -153,9 +154,9 @@ class _BoundedBody(Protocol):
         if not self.done.called:
             self.done.errback(error)
         if self.transport is not None:
-            self.transport.stopProducing()
+            IPushProducer(self.transport).stopProducing()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -165,7 +166,7 @@ class _BoundedBody(Protocol):
 
 
 class _Discard(Protocol):
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         pass
 
 

@@ -2,7 +2,7 @@
 The interfaces between the parts of the daemon.
 
     frontend --ISocketAPI--> daemon core --ITLSBackend/ITLSEngine--> backend
-                                   bridge <--ITLSStreamListener-- TLS stream
+                                   bridge <--ITLSHandshakeListener-- TLS stream
 
 A frontend (Unix socket, netlink) turns an application's calls into
 L{ISocketAPI} calls. The core keeps the socket table and policy and, to
@@ -12,7 +12,22 @@ TLS connection that the daemon's one TLS stream protocol drives over TCP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .peer import Credentials, PeerIdentity
+    from .plaintext import PlaintextSocket
+    from .sockets import TLSSocket
+    from .tlsconfig import TLSSessionInfo
+    from .wire import Frame
+
+#: C{(family, host, port)}, as applications name addresses.
+Address = tuple[int, str, int]
 
 
 class ITLSEngine(Interface):
@@ -65,7 +80,7 @@ class ITLSEngine(Interface):
         Take the ciphertext queued for the network, C{b""} if none.
         """
 
-    def session_info() -> object:
+    def session_info() -> TLSSessionInfo:
         """
         Describe the finished handshake.
 
@@ -142,26 +157,19 @@ class IBackendChoice(Interface):
         """
 
 
-class ITLSStreamListener(Interface):
+class ITLSHandshakeListener(Interface):
     """
-    What the TLS stream protocol tells the object that owns the connection.
+    What the TLS stream protocol tells the object that waits for its
+    handshake. One that does not hand the connection on (detaching the
+    protocol, L{ssa.tlsprotocol.TLSStreamProtocol.detach}) inside
+    L{tls_handshake_completed} must provide L{ITLSStreamListener}.
     """
 
-    def tls_handshake_completed(info: object) -> None:
+    def tls_handshake_completed(info: TLSSessionInfo) -> None:
         """
         The handshake and the peer identity check passed.
 
         @param info: an L{ssa.tlsconfig.TLSSessionInfo}.
-        """
-
-    def tls_data_received(data: bytes) -> None:
-        """
-        Plaintext from the peer.
-        """
-
-    def tls_peer_closed() -> None:
-        """
-        The peer sent close_notify: a clean end of its stream.
         """
 
     def tls_connection_lost(failure: BaseException | None) -> None:
@@ -174,30 +182,139 @@ class ITLSStreamListener(Interface):
         """
 
 
+class ITLSStreamListener(ITLSHandshakeListener):
+    """
+    A handshake listener that also reads what follows the handshake.
+    """
+
+    def tls_data_received(data: bytes) -> None:
+        """
+        Plaintext from the peer.
+        """
+
+    def tls_peer_closed() -> None:
+        """
+        The peer sent close_notify: a clean end of its stream.
+        """
+
+
+class IPlaintextStream(Interface):
+    """
+    How one socket's plaintext stream to its application is made and
+    signalled. The frontend that opens (or accepts) the socket supplies it,
+    and the core calls it as the socket changes state:
+
+      - the Unix frontend: a socketpair whose other end went to the
+        application with C{SCM_RIGHTS}; the daemon's end holds a
+        placeholder byte, so that a truncation reads as C{ECONNRESET};
+      - the netlink frontend: the loopback TCP connection the kernel makes
+        from the socket's internal address once told the handshake is done.
+
+    From the call that hands it to the core, the core owns it: it calls
+    L{close} when the socket goes, also when that call fails.
+    """
+
+    def connecting(blocking: bool) -> None:
+        """
+        C{connect()} started; a nonblocking one must not look writable to
+        the application until it ends.
+        """
+
+    def connected() -> Deferred[PlaintextSocket]:
+        """
+        The handshake and every check passed.
+
+        @return: a L{Deferred} that fires with a L{PlaintextSocket}, which
+            the bridge then owns, once the application's side of the stream
+            exists (at once for a socketpair; for netlink when the kernel's
+            loopback connection arrives, after the application was told),
+            or fails if it never comes; the core keeps the TLS connection
+            paused until then, and resets it on failure.
+        """
+
+    def connect_failed() -> None:
+        """
+        The connection failed before it was established; the stream shows
+        the application that it ended.
+        """
+
+    def connection_ready() -> None:
+        """
+        A listening socket has one more connection ready for C{accept()}.
+        """
+
+    def connection_taken() -> None:
+        """
+        C{accept()} took one of a listening socket's ready connections.
+        """
+
+    def close() -> None:
+        """
+        Free what the bridge did not take (idempotent).
+        """
+
+
 class ISocketAPI(Interface):
     """
     The socket calls of SPEC section 3, as the daemon core offers them to
-    frontends. Every method raises L{ssa.errors.SSAError} on failure.
+    frontends. A frontend turns its wire format into these calls and their
+    results (or L{ssa.errors.SSAError}) back into replies; it needs nothing
+    else of the core. Addresses are C{(family, host, port)}.
     """
 
-    def open_socket(owner: object, family: int, type: int) -> object:
-        """
-        Create a NEW socket owned by C{owner} (an L{ssa.peer.PeerIdentity}).
+    policies = Attribute("The administrator's policy (L{ssa.profiles.PolicySet}), for per-peer bounds.")
 
-        @return: the new L{ssa.sockets.TLSSocket}.
+    def open_socket(
+        owner: PeerIdentity, family: int, type: int, proto: int, plaintext: IPlaintextStream
+    ) -> TLSSocket:
+        """
+        C{socket()}: a NEW socket owned by C{owner} (an
+        L{ssa.peer.PeerIdentity}), with its plaintext stream.
+
+        @return: the new L{ssa.sockets.TLSSocket}; its C{id} names it in
+            the other calls.
         """
 
-    def bind(socket_id: int, address: tuple) -> None:
+    def lookup(socket_id: int) -> TLSSocket:
         """
-        Bind the socket's network side to C{address}.
+        The L{ssa.sockets.TLSSocket} of C{socket_id} (its family, state,
+        addresses), or EBADF.
         """
 
-    def connect(socket_id: int, address: tuple, blocking: bool) -> object:
+    def bind(socket_id: int, address: Address) -> tuple[str, int]:
         """
-        Start connecting.
+        C{bind()}: bind the socket's network side now.
 
-        @return: a L{Deferred} that fires with L{None} on success or fails
-            with L{ssa.errors.SSAError}.
+        @return: the bound C{(host, port)}.
+        """
+
+    def listen(socket_id: int, backlog: int) -> tuple[str, int]:
+        """
+        C{listen()}: listen on the bound address (an ephemeral port on
+        every address if unbound) and run server handshakes.
+
+        @return: the C{(host, port)} listened on.
+        """
+
+    def accept(
+        listener_id: int, owner: PeerIdentity, blocking: bool, plaintext: IPlaintextStream
+    ) -> Deferred[TLSSocket]:
+        """
+        C{accept()}: the oldest connection whose handshake succeeded, as a
+        new CONNECTED socket of C{owner} with stream C{plaintext}.
+
+        @return: a L{Deferred} firing with the new L{ssa.sockets.TLSSocket};
+            a nonblocking accept with none ready raises EAGAIN at once.
+        """
+
+    def connect(socket_id: int, address: Address, blocking: bool) -> Deferred[None]:
+        """
+        C{connect()}: start connecting.
+
+        @return: a L{Deferred} that fires with L{None} once connected or
+            fails with L{ssa.errors.SSAError}; for a nonblocking connect the
+            frontend answers EINPROGRESS at once and the outcome is kept for
+            C{SO_ERROR}.
         """
 
     def setsockopt(socket_id: int, level: int, name: int, value: bytes) -> None:
@@ -210,13 +327,59 @@ class ISocketAPI(Interface):
         Get an option's wire value.
         """
 
-    def close(socket_id: int, abort: bool = False) -> object:
+    def close(socket_id: int, abort: bool = False) -> Deferred[None] | None:
         """
         Close the socket: close_notify if connected (a reset with
         C{abort}: the application died), then free everything.
 
         @return: for a listening socket, a Deferred that fires once its
             address is free; else L{None}.
+        """
+
+
+class IRequestRouter(Interface):
+    """
+    Where a control connection's requests are served when the daemon runs
+    several worker processes (L{ssa.routing.CrossWorker}): the Unix
+    frontend asks it before serving each request and tells it what it
+    served; it knows nothing else of workers.
+    """
+
+    processes = Attribute("How many processes serve requests (each answers for its own sockets).")
+
+    def destination(
+        frame: Frame, owned: set[int], waiting: bool
+    ) -> Callable[[Any, bytes, Credentials | None], Callable[[], None]] | None:
+        """
+        Whether C{frame} (an L{ssa.wire.Frame}) must be served elsewhere,
+        with its connection.
+
+        @param owned: the ids of the sockets the connection owns; they
+            leave with it.
+        @param waiting: whether a request of the connection is in progress.
+        @return: L{None} to serve it here; else a callable C{start(transport,
+            pending, sender)} that detaches the connection (C{pending}: the
+            unanswered requests' bytes, C{sender}: who wrote them) and
+            returns what sends it on once it is closed here.
+        @raise ssa.errors.SSAError: the request cannot be served anywhere.
+        """
+
+    def handled(frame: Frame) -> None:
+        """
+        C{frame} changed a socket's settings here (a successful
+        C{setsockopt}): remembered, to make the socket again elsewhere.
+        """
+
+    def forget(socket_id: int) -> None:
+        """
+        C{socket_id} was closed here.
+        """
+
+    def reports(uid: int | None) -> Deferred[list[dict]]:
+        """
+        Every process's status report (L{ssa.status.local_report}).
+
+        @return: a L{Deferred} firing with the reports.
         """
 
 

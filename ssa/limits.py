@@ -9,6 +9,7 @@ opens and closes.
 from __future__ import annotations
 
 import errno
+import resource
 from collections import Counter
 
 from .errors import SSAError
@@ -25,6 +26,13 @@ USER_SHARE = 4
 #: Control connections a uid may hold beyond its sockets (a connection
 #: per socket, plus the client library's idle ones).
 EXTRA_CONNECTIONS = 16
+
+
+def open_file_limit() -> int:
+    """
+    How many descriptors this process may have open.
+    """
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def socket_capacity(descriptor_limit: int) -> int:

@@ -234,5 +234,7 @@ def summary(families: list[dict]) -> dict[str, float]:
                 out["resumptions"] = value
             elif sample == "ssa_active_connections":
                 out["active"] = value
-    out["handshakes"] = sum(value for name, value in out.items() if name.startswith("connections_") and name.endswith("_ok"))
+    out["handshakes"] = sum(
+        value for name, value in out.items() if name.startswith("connections_") and name.endswith("_ok")
+    )
     return out

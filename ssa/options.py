@@ -15,18 +15,19 @@ import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 
-from . import constants as c
 from . import cipher_names, credentials
+from . import constants as c
 from .constants import SocketState
 from .errors import SSAError
 from .tlsconfig import chain_pem, subject_line
 
 if TYPE_CHECKING:
-    from .sockets import TLSSocket
+    from .policy import Policy
+    from .tlsconfig import TLSSessionInfo
 
 INT = struct.Struct("i")
 U64 = struct.Struct("Q")
@@ -37,6 +38,35 @@ ANY = frozenset({S.NEW, S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.LISTENING, 
 NEW_ONLY = frozenset({S.NEW})
 ESTABLISHED = frozenset({S.CONNECTED, S.DISCONNECTED})
 NEVER: frozenset[SocketState] = frozenset()
+
+
+class TLSSocket(Protocol):
+    """
+    What the option rules read and set on a socket
+    (L{ssa.sockets.TLSSocket} is the one the daemon has).
+    """
+
+    id: int
+    policy: Policy
+    hostname: str | None
+    trust_anchors: bytes | None
+    version_min: int
+    version_max: int
+    session: TLSSessionInfo | None
+    last_error: str | None
+    chains: dict[str, tuple[x509.Certificate, ...]]
+    keys: dict[str, bytes]
+    alpn: tuple[str, ...]
+    tls12_ciphers: tuple[str, ...]
+    tls13_ciphers: tuple[str, ...]
+    session_ttl: int
+    server_ocsp_stapling: bool
+    request_peer_auth: bool
+
+    def context_from_wire(self, value: bytes) -> None:
+        """
+        C{TLS_CONTEXT}: take the settings of the socket the handle names.
+        """
 
 
 @dataclass(frozen=True)
@@ -277,7 +307,9 @@ def _bounded_flag(name: str, attribute: str, policy_attribute: str, key: str) ->
             raise SSAError(errno.EINVAL, f"{name}: expected 0 or 1, got {number}")
         allowed = getattr(sock.policy, policy_attribute)
         if is_check and allowed and not number:
-            raise SSAError(errno.EPROTO, f"{name}: the policy ({key}: enabled) does not let applications turn this check off")
+            raise SSAError(
+                errno.EPROTO, f"{name}: the policy ({key}: enabled) does not let applications turn this check off"
+            )
         if not is_check and number and not allowed:
             raise SSAError(errno.EPROTO, f"{name}: the policy ({key}: disabled) does not allow it")
         setattr(sock, attribute, bool(number))

@@ -61,7 +61,7 @@ def _now() -> datetime.datetime:
     """
     The current time in UTC, to the second (X.509 times have no fraction).
     """
-    return datetime.datetime.fromtimestamp(int(time.time()), datetime.timezone.utc)
+    return datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
 
 
 @functools.lru_cache(maxsize=1)

@@ -270,7 +270,7 @@ TLS13_SUITES: tuple[str, ...] = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def openssl_ciphers() -> dict[str, str]:
     """
     Every TLS 1.2-and-older cipher this OpenSSL knows: name -> description.

@@ -27,7 +27,15 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from .crls import CRLSet, crl_set
 from .peer import PeerIdentity
 from .policy import (
-    DEFAULT_POLICY, KEY_BY_NAME, Invalid, Located, Policy, PolicyError, conflict, render, shown,
+    DEFAULT_POLICY,
+    KEY_BY_NAME,
+    Invalid,
+    Located,
+    Policy,
+    PolicyError,
+    conflict,
+    render,
+    shown,
 )
 from .profiles import GroupsReader, Match, PolicySet, Profile, read_proc_groups
 

@@ -195,7 +195,8 @@ def _entry_problem(entry: x509.RevokedCertificate) -> str | None:
     understood, or L{None}.
     """
     for extension in entry.extensions:
-        if extension.oid == CRLEntryExtensionOID.CRL_REASON and extension.value.reason == x509.ReasonFlags.remove_from_crl:
+        reason = extension.value.reason if extension.oid == CRLEntryExtensionOID.CRL_REASON else None
+        if reason == x509.ReasonFlags.remove_from_crl:
             return "as removed (removeFromCRL)"
         if extension.critical and extension.oid not in _KNOWN_ENTRY_EXTENSIONS:
             return f"with a critical extension the daemon does not understand ({extension.oid.dotted_string})"

@@ -29,16 +29,19 @@ from collections.abc import Callable
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .constants import IPPROTO_TLS, TLS_CONTEXT, SocketState
 from .errors import SSAError
+from .frontends.socketpair import SocketpairStream
 from .handoff import Answer, Handoff, Message, Migration, Query, ReplayLog, close_all
+from .interfaces import IRequestRouter
 from .options import U64
 from .peer import Credentials, PeerIdentity, peer_identity
 from .service import SocketService
 from .status import local_report
-from .twisted_internals import adopt_with_credentials
-from .wire import Frame, Op
+from .twisted_internals import adopt_with_credentials, close_without_shutdown
+from .wire import OPTION, Frame, Op
 
 log = Logger()
 
@@ -46,9 +49,11 @@ log = Logger()
 QUERY_TIMEOUT = 2.0
 
 
+@implementer(IRequestRouter)
 class CrossWorker:
     """
-    What one worker does about requests for sockets of other workers.
+    What one worker does about requests for sockets of other workers: the
+    Unix frontend's L{IRequestRouter}.
 
     @ivar index: this worker's index.
     @ivar count: how many workers the daemon runs.
@@ -56,7 +61,7 @@ class CrossWorker:
         link is up).
     @ivar replay: the replay logs of this worker's sockets.
     @ivar factory: the control connections' factory, which makes the
-        protocol of an adopted connection.
+        protocol of an adopted connection (set by the wiring).
     """
 
     def __init__(self, reactor, service: SocketService, count: int) -> None:
@@ -78,6 +83,59 @@ class CrossWorker:
         if target == self.index or target >= self.count:
             return None
         return target
+
+    # IRequestRouter
+
+    @property
+    def processes(self) -> int:
+        """
+        How many worker processes serve requests.
+        """
+        return self.count
+
+    def destination(
+        self, frame: Frame, owned: set[int], waiting: bool
+    ) -> Callable[[object, bytes, Credentials | None], Callable[[], None]] | None:
+        """
+        A connection that owns no socket and waits for nothing (a new one,
+        typically, as C{accept()} opens) goes to the worker serving the
+        socket its request names, if another one; a NEW socket asking for
+        another worker's C{TLS_CONTEXT} moves there with its connection.
+        """
+        if not owned and not waiting:
+            target = self.owner_of_request(frame)
+            if target is None:
+                return None
+            return lambda transport, pending, sender: self.hand_off(transport, target, pending, frame, sender)
+        if frame.op != Op.SETSOCKOPT or frame.socket_id not in owned:
+            return None
+        level, name = OPTION.unpack_from(frame.body)
+        value = frame.body[OPTION.size :]
+        socket_id = frame.socket_id
+        moving_to = self.context_owner(socket_id, level, name, value, len(owned) == 1 and not waiting)
+        if moving_to is None:
+            return None
+        return lambda transport, pending, sender: self.migrate(transport, socket_id, moving_to, pending, sender)
+
+    def handled(self, frame: Frame) -> None:
+        """
+        Record a served C{setsockopt}, to replay it if the socket moves.
+        """
+        if frame.op == Op.SETSOCKOPT:
+            level, name = OPTION.unpack_from(frame.body)
+            self.replay.record(frame.socket_id, level, name, frame.body[OPTION.size :])
+
+    def forget(self, socket_id: int) -> None:
+        """
+        A socket was closed: drop its replay log.
+        """
+        self.replay.forget(socket_id)
+
+    def reports(self, uid: int | None) -> Deferred:
+        """
+        Every worker's report (L{gather}).
+        """
+        return self.gather(uid)
 
     # Decisions
 
@@ -131,7 +189,7 @@ class CrossWorker:
             the connection on.
         """
         fd = os.dup(transport.fileno())
-        _leave(transport)
+        close_without_shutdown(transport)
         log.info(
             "handing a control connection to worker {target} (its {op} request names socket {socket:#x})",
             target=target, op=_name(request.op), socket=request.socket_id,
@@ -154,12 +212,12 @@ class CrossWorker:
         except BaseException:
             os.close(control)
             raise
-        _leave(transport)
+        close_without_shutdown(transport)
         replay = self.replay.get(socket_id)
         self.replay.forget(socket_id)
-        fds = [control, entry.app_end]
-        if entry.daemon_end is not None:
-            fds.append(entry.daemon_end)
+        stream = entry.plaintext
+        assert isinstance(stream, SocketpairStream) and stream.daemon_end is not None
+        fds = [control, stream.app_end, stream.daemon_end]
         if entry.bound is not None:
             fds.append(entry.bound.detach())
         log.info("moving socket {socket:#x} to worker {target} for its TLS_CONTEXT",
@@ -270,7 +328,7 @@ class CrossWorker:
         bound = socket.socket(fileno=rest[0]) if rest else None
         try:
             sock = self.service.adopt_new_socket(
-                owner, message.socket_id, message.family, app_end, daemon_end, bound
+                owner, message.socket_id, message.family, SocketpairStream(app_end, daemon_end), bound
             )
         except BaseException:
             if bound is not None:
@@ -341,16 +399,6 @@ class _Adopting(Factory):
                 built.sockets.add(self.socket_id)
         self.built = built
         return built
-
-
-def _leave(transport) -> None:
-    """
-    Close a connection here while it lives on elsewhere (through a
-    duplicate of its descriptor): without C{shutdown()}, once the replies
-    already written are flushed.
-    """
-    transport._shouldShutdown = False  # Twisted's orderly close would shut it down for everybody
-    transport.loseConnection()
 
 
 def _name(op: int) -> str:

@@ -7,27 +7,28 @@ and bridges. Frontends call it; it never parses a wire format.
 from __future__ import annotations
 
 import errno
-import resource
 import secrets
 import socket
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import descriptors, netoptions
-from .bridge import PLAINTEXT_BUFFER, Bridge
-from .connector import INTERNAL_ERROR, ConnectAttempt
-from .constants import IPPROTO_TLS, SocketState, version_name
-from .errors import SSAError
-from .interfaces import IMetrics, ISocketAPI, ITLSBackend
-from .limits import SocketCounts
+from . import netoptions, outcomes
+from .bridge import Bridge
+from .connector import ConnectAttempt
+from .constants import IPPROTO_TLS, SocketState
+from .errors import INTERNAL_ERROR, SSAError
+from .interfaces import IMetrics, IPlaintextStream, ISocketAPI, ITLSBackend
+from .limits import SocketCounts, open_file_limit
 from .listener import Listener, PendingConnection
 from .metrics import PrometheusMetrics, reason_class
 from .peer import PeerIdentity
+from .plaintext import PlaintextSocket
 from .policy import Policy
 from .profiles import PolicySet
 from .sessions import SessionCache, session_key
@@ -40,16 +41,31 @@ log = Logger()
 
 
 @dataclass
+class _AcceptWaiter:
+    """
+    A blocked C{accept()}: who asked and the stream its socket will get.
+    """
+
+    waiter: Deferred
+    owner: PeerIdentity
+    plaintext: IPlaintextStream
+
+
+def _closing(failure: Failure, plaintext: IPlaintextStream) -> Failure:
+    plaintext.close()
+    return failure
+
+
+@dataclass
 class SocketEntry:
     """
     A socket and the daemon's resources for it.
 
     @ivar sock: the socket's rules and state.
-    @ivar app_end: the daemon's copy of the application's descriptor.
-    @ivar daemon_end: the daemon's end of the socketpair, until a bridge
-        adopts it.
-    @ivar filler: bytes queued into C{app_end} to keep it unwritable during
-        a nonblocking connect; discarded before the bridge starts.
+    @ivar plaintext: its stream to the application, as its frontend makes
+        and signals it.
+    @ivar joining: a connection whose handshake is done, waiting (paused)
+        for the application's side of the stream before its bridge starts.
     @ivar session_key: where this client connection's TLS session goes in
         the daemon's L{SessionCache}, or L{None} if it is not kept.
     @ivar session_since: when its handshake finished (the session's TTL
@@ -58,15 +74,14 @@ class SocketEntry:
     """
 
     sock: TLSSocket
-    app_end: int
-    daemon_end: int | None
-    filler: int = 0
+    plaintext: IPlaintextStream
     bound: socket.socket | None = None
     attempt: ConnectAttempt | None = None
     bridge: Bridge | None = None
+    joining: TLSStreamProtocol | None = None
     waiters: list[Deferred] = field(default_factory=list)
     listener: Listener | None = None
-    accept_waiters: list[tuple[Deferred, PeerIdentity]] = field(default_factory=list)
+    accept_waiters: list[_AcceptWaiter] = field(default_factory=list)
     session_key: object | None = None
     session_since: float = 0.0
     session_kept: bool = False
@@ -104,7 +119,6 @@ class SocketService:
         self.policies = policies
         self.entries: dict[int, SocketEntry] = {}
         self.counts = SocketCounts()
-        self.counters: Counter[str] = Counter()
         self.sessions = SessionCache()
         self.metrics: IMetrics = metrics if metrics is not None else PrometheusMetrics()
 
@@ -121,30 +135,35 @@ class SocketService:
         except KeyError:
             raise SSAError(errno.EBADF, f"socket {socket_id:#x} is not known to the daemon") from None
 
-    def open_socket(self, owner: PeerIdentity, family: int, type_: int, proto: int = 0) -> tuple[TLSSocket, int]:
+    def lookup(self, socket_id: int) -> TLSSocket:
         """
-        C{socket()}: a NEW socket and the application's end of its stream.
+        The socket C{socket_id}, or EBADF.
+        """
+        return self.entry(socket_id).sock
 
-        @return: the socket and the descriptor to hand the application.
+    def open_socket(
+        self, owner: PeerIdentity, family: int, type_: int, proto: int, plaintext: IPlaintextStream
+    ) -> TLSSocket:
         """
-        check_socket_args(family, type_, proto)
-        policy = self.policies.for_peer(owner)
-        self.counts.admit(
-            owner.pid, owner.uid, policy.max_sockets_per_client, policy.max_sockets_per_user,
-            descriptor_limit(),
-        )
-        socket_id = self._new_socket_id()
+        C{socket()}: a NEW socket with its plaintext stream (which this
+        service owns from now on, also if it refuses).
+        """
         try:
-            app, daemon = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        except OSError as e:
-            raise SSAError(errno.ENOBUFS, f"the daemon cannot make a socket now: {e.strerror}") from None
-        descriptors.hold_placeholder(app.fileno(), daemon.fileno())
+            check_socket_args(family, type_, proto)
+            policy = self.policies.for_peer(owner)
+            self.counts.admit(
+                owner.pid, owner.uid, policy.max_sockets_per_client, policy.max_sockets_per_user,
+                open_file_limit(),
+            )
+        except SSAError:
+            plaintext.close()
+            raise
+        socket_id = self._new_socket_id()
         sock = TLSSocket(socket_id, family, owner, policy)
         sock.lookup_context = self._context_socket
-        self.entries[socket_id] = SocketEntry(sock, app.detach(), daemon.detach(), created=time.monotonic())
+        self.entries[socket_id] = SocketEntry(sock, plaintext, created=time.monotonic())
         self.counts.add(owner.pid, owner.uid)
-        self.counters["sockets_opened"] += 1
-        return sock, self.entries[socket_id].app_end
+        return sock
 
     def _new_socket_id(self) -> int:
         """
@@ -169,20 +188,19 @@ class SocketService:
         moving to another worker process, which gets its descriptors and
         makes it again with L{adopt_new_socket}.
 
-        @return: its entry; the caller now owns C{app_end}, C{daemon_end}
-            and C{bound}.
+        @return: its entry; the caller now owns its C{plaintext} and
+            C{bound}.
         @raise SSAError: EBADF if unknown; EINVAL if it is not NEW.
         """
         entry = self.entry(socket_id)
-        if entry.sock.state is not SocketState.NEW or entry.daemon_end is None:
+        if entry.sock.state is not SocketState.NEW:
             raise SSAError(errno.EINVAL, f"socket {socket_id:#x} is not NEW and cannot move")
         del self.entries[socket_id]
         self.counts.remove(entry.sock.owner.pid, entry.sock.owner.uid)
-        self.counters["sockets_moved_out"] += 1
         return entry
 
     def adopt_new_socket(
-        self, owner: PeerIdentity, socket_id: int, family: int, app_end: int, daemon_end: int,
+        self, owner: PeerIdentity, socket_id: int, family: int, plaintext: IPlaintextStream,
         bound: socket.socket | None = None,
     ) -> TLSSocket:
         """
@@ -199,13 +217,12 @@ class SocketService:
             raise ValueError(f"socket {socket_id:#x} exists already")
         sock = TLSSocket(socket_id, family, owner, self.policies.for_peer(owner))
         sock.lookup_context = self._context_socket
-        entry = SocketEntry(sock, app_end, daemon_end, bound=bound, created=time.monotonic())
+        entry = SocketEntry(sock, plaintext, bound=bound, created=time.monotonic())
         if bound is not None:
             host, port = bound.getsockname()[:2]
             sock.bound(host, port)
         self.entries[socket_id] = entry
         self.counts.add(owner.pid, owner.uid)
-        self.counters["sockets_moved_in"] += 1
         return sock
 
     # ISocketAPI
@@ -238,7 +255,7 @@ class SocketService:
         listener = Listener(
             self.reactor, self.backend, config, backlog, sock.policy.handshake_timeout,
             on_ready=lambda: self._accept_ready(entry),
-            on_unready=lambda: descriptors.take_byte(entry.app_end),
+            on_unready=entry.plaintext.connection_taken,
         )
         listener.metrics = self.metrics
         try:
@@ -252,27 +269,36 @@ class SocketService:
         log.info("listening: {owner} on {host}:{port}", owner=sock.owner.describe(), host=host, port=port)
         return host, port
 
-    def accept(self, listener_id: int, owner: PeerIdentity, blocking: bool = True) -> Deferred:
+    def accept(
+        self, listener_id: int, owner: PeerIdentity, blocking: bool, plaintext: IPlaintextStream
+    ) -> Deferred:
         """
         C{accept()}: the oldest connection whose handshake succeeded.
 
-        @return: fires with C{(socket, application descriptor)}; for a
-            nonblocking accept with none ready, raises EAGAIN at once.
+        @param plaintext: the new socket's stream, owned by this service
+            from now on (closed if nothing is accepted).
+        @return: fires with the new socket; for a nonblocking accept with
+            none ready, raises EAGAIN at once.
         """
-        entry = self.entry(listener_id)
-        sock = entry.sock
-        if sock.owner.uid != owner.uid:
-            raise SSAError(errno.EBADF, f"socket {listener_id:#x} belongs to another user")
-        if sock.state is not SocketState.LISTENING or entry.listener is None:
-            raise sock.fail(errno.EINVAL, "accept: the socket is not listening")
-        pending = entry.listener.take()
+        try:
+            entry = self.entry(listener_id)
+            sock = entry.sock
+            if sock.owner.uid != owner.uid:
+                raise SSAError(errno.EBADF, f"socket {listener_id:#x} belongs to another user")
+            if sock.state is not SocketState.LISTENING or entry.listener is None:
+                raise sock.fail(errno.EINVAL, "accept: the socket is not listening")
+            pending = entry.listener.take()
+            if pending is None and not blocking:
+                raise SSAError(errno.EAGAIN, "accept: no connection is ready")
+        except SSAError:
+            plaintext.close()
+            raise
         if pending is not None:
-            descriptors.take_byte(entry.app_end)
-            return succeed(self._deliver(entry, pending, owner))
-        if not blocking:
-            raise SSAError(errno.EAGAIN, "accept: no connection is ready")
+            entry.plaintext.connection_taken()
+            return succeed(self._deliver(entry, pending, owner, plaintext))
         waiter: Deferred = Deferred()
-        entry.accept_waiters.append((waiter, owner))
+        waiter.addErrback(_closing, plaintext)
+        entry.accept_waiters.append(_AcceptWaiter(waiter, owner, plaintext))
         return waiter
 
     def connect(self, socket_id: int, address: tuple[int, str, int], blocking: bool = True) -> Deferred:
@@ -285,8 +311,7 @@ class SocketService:
         """
         entry = self.entry(socket_id)
         plan = entry.sock.start_connect(address)
-        if not blocking:
-            entry.filler = descriptors.fill(entry.app_end)
+        entry.plaintext.connecting(blocking)
         bind_address = None
         if entry.bound is not None:
             bind_address = entry.sock.bound_address
@@ -358,15 +383,15 @@ class SocketService:
         if entry.listener is not None:
             stopped = entry.listener.close()
             waiters, entry.accept_waiters = entry.accept_waiters, []
-            for waiter, _ in waiters:
-                if not waiter.called:
-                    waiter.errback(SSAError(errno.EBADF, "the listening socket was closed"))
+            for waiting in waiters:
+                if not waiting.waiter.called:
+                    waiting.waiter.errback(SSAError(errno.EBADF, "the listening socket was closed"))
+        if entry.joining is not None:
+            entry.joining.transport.abortConnection()
+            entry.joining = None
         if entry.bound is not None:
             entry.bound.close()
-        descriptors.close_quietly(entry.daemon_end)
-        descriptors.close_quietly(entry.app_end)
-        entry.daemon_end = None
-        entry.app_end = -1
+        entry.plaintext.close()
         entry.sock.close()
         return stopped
 
@@ -397,45 +422,94 @@ class SocketService:
     def _connected(self, entry: SocketEntry, protocol: TLSStreamProtocol, info: TLSSessionInfo) -> None:
         sock = entry.sock
         entry.attempt = None
+
+        def start(plaintext: PlaintextSocket) -> None:
+            self._join(entry, protocol, plaintext)
+            self._apply_network_options(entry)
+            self._activate(entry)
+
         try:
-            assert entry.daemon_end is not None
-            descriptors.discard(entry.daemon_end, entry.filler)
-            self._join(entry, protocol)
+            self._when_plaintext(entry, protocol, start)
         except Exception:
             log.failure("could not join {sock} to its connection", sock=sock)
             protocol.transport.abortConnection()
             self._failed(entry, errno.ECANCELED, INTERNAL_ERROR)
             return
         sock.connect_succeeded(info)
-        self._apply_network_options(entry)
         entry.session_since = self.reactor.seconds()
-        self.counters["connect_ok"] += 1
         self.metrics.connection("client", "ok", None, time.monotonic() - entry.started, info.resumed)
-        self._activate(entry)
-        log.info(
-            "connect ok: {owner} to {host}:{port} sni={sni} {version} {cipher} resumed={resumed} "
-            "policy={generation}/{profile}",
-            owner=sock.owner.describe(), host=sock.remote_address[0], port=sock.remote_address[1],
-            sni=sock.hostname, version=version_name(info.version), cipher=info.cipher,
-            resumed=info.resumed, generation=sock.policy.generation, profile=sock.policy.profile or "default",
-            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, info, "ok", "sni", "cipher",
-                             "resumed"), reason=None,
-        )
+        outcomes.connect_ok(sock, info)
         self._settle(entry, None)
 
+    def _when_plaintext(
+        self, entry: SocketEntry, protocol: TLSStreamProtocol, start: Callable[[PlaintextSocket], None]
+    ) -> None:
+        """
+        Call C{start} with the socket's plaintext stream once its frontend
+        has it (L{IPlaintextStream.connected}): at once, raising what
+        C{start} raises, or later, with the TLS connection paused until
+        then and reset if the stream never comes.
+        """
+        stream = entry.plaintext.connected()
+        now: list[object] = []
+        waiting = False
+
+        def ready(plaintext: PlaintextSocket) -> None:
+            if not waiting:
+                now.append(plaintext)
+            elif self.entries.get(entry.sock.id) is not entry or entry.joining is not protocol:
+                plaintext.sock.close()  # the socket was closed meanwhile
+            else:
+                entry.joining = None
+                try:
+                    start(plaintext)
+                except Exception as e:
+                    if isinstance(e, TakeoverError):
+                        log.info("{sock}: the connection ended before its plaintext stream came", sock=entry.sock)
+                    else:
+                        log.failure("could not join {sock} to its connection", sock=entry.sock)
+                    plaintext.sock.close()
+                    protocol.transport.abortConnection()
+                    self._ended(entry, e)
+
+        def failed(failure: Failure) -> None:
+            if not waiting:
+                now.append(failure)
+            elif entry.joining is protocol:
+                entry.joining = None
+                log.info("{sock}: the application's plaintext stream never came: {why}", sock=entry.sock,
+                         why=failure.getErrorMessage())
+                protocol.transport.abortConnection()
+                self._ended(entry, failure.value)
+
+        stream.addCallbacks(ready, failed)
+        if not now:
+            waiting = True
+            entry.joining = protocol
+            protocol.transport.pauseProducing()
+            return
+        result = now[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        assert isinstance(result, PlaintextSocket)
+        try:
+            start(result)
+        except BaseException:
+            result.sock.close()
+            raise
+
     def _join(
-        self, entry: SocketEntry, protocol: TLSStreamProtocol, plaintext: bytes = b"", peer_closed: bool = False
+        self, entry: SocketEntry, protocol: TLSStreamProtocol, plaintext: PlaintextSocket,
+        received: bytes = b"", peer_closed: bool = False,
     ) -> Bridge:
         """
         Start the bridge between C{protocol}'s connection and the socket's
-        plaintext end; the bridge takes over both descriptors.
+        plaintext stream; the bridge takes over both sockets.
 
-        @param plaintext: data from the peer received before the bridge.
+        @param received: data from the peer received before the bridge.
         @param peer_closed: whether the peer's close_notify came before.
         @raise TakeoverError: the connection is already closing.
         """
-        daemon_end = entry.daemon_end
-        assert daemon_end is not None
         tcp, unsent = take_socket(protocol.transport)
         # We may be inside the protocol's read that completed the handshake
         # (a blocked accept() or connect() is answered at once): it must not
@@ -450,12 +524,9 @@ class SocketService:
         if entry.session_key is not None:
             def keep_session() -> None:
                 self._keep_session(entry)
-        for fd in (daemon_end, entry.app_end):
-            descriptors.set_send_buffer(fd, PLAINTEXT_BUFFER)
-        bridge = Bridge(self.reactor, protocol.engine, tcp, daemon_end, on_end, unsent, keep_session)
-        entry.daemon_end = None
+        bridge = Bridge(self.reactor, protocol.engine, tcp, plaintext, on_end, unsent, keep_session)
         entry.bridge = bridge
-        bridge.start(plaintext, peer_closed)
+        bridge.start(received, peer_closed)
         return bridge
 
     @staticmethod
@@ -472,77 +543,66 @@ class SocketService:
 
     def _accept_ready(self, entry: SocketEntry) -> None:
         """
-        A connection is ready: hand it to a waiting accept(), or make the
-        listener's descriptor readable (one byte per ready connection).
+        A connection is ready: hand it to a waiting accept(), or tell the
+        listening socket's stream (one signal per ready connection).
         """
         listener = entry.listener
         assert listener is not None
         while entry.accept_waiters:
-            waiter, owner = entry.accept_waiters.pop(0)
-            if waiter.called:
+            waiting = entry.accept_waiters.pop(0)
+            if waiting.waiter.called:
                 continue
             pending = listener.take()
             if pending is None:
-                entry.accept_waiters.insert(0, (waiter, owner))
+                entry.accept_waiters.insert(0, waiting)
                 return
             try:
-                waiter.callback(self._deliver(entry, pending, owner))
+                accepted = self._deliver(entry, pending, waiting.owner, waiting.plaintext)
             except SSAError as e:
-                waiter.errback(e)
+                waiting.waiter.errback(e)
+            else:
+                waiting.waiter.callback(accepted)
             return
-        descriptors.send_byte(entry.daemon_end)
+        entry.plaintext.connection_ready()
 
-    def _deliver(self, entry: SocketEntry, pending: PendingConnection, owner: PeerIdentity) -> tuple[TLSSocket, int]:
+    def _deliver(
+        self, entry: SocketEntry, pending: PendingConnection, owner: PeerIdentity, plaintext: IPlaintextStream
+    ) -> TLSSocket:
         """
         Make a CONNECTED socket of a ready connection.
         """
         protocol = pending.protocol
         assert protocol is not None and pending.session is not None
         try:
-            sock, app_end = self.open_socket(owner, entry.sock.family, socket.SOCK_STREAM)
+            sock = self.open_socket(owner, entry.sock.family, socket.SOCK_STREAM, 0, plaintext)
         except SSAError:
             protocol.transport.abortConnection()
             raise
         accepted = self.entries[sock.id]
         sock.accepted_from(entry.sock, pending.peer, pending.session)
+
+        def start(stream: PlaintextSocket) -> None:
+            self._join(accepted, protocol, stream, b"".join(pending.buffered), pending.peer_closed)
+            self._apply_network_options(accepted)
+            self._activate(accepted)
+
         try:
-            self._join(accepted, protocol, b"".join(pending.buffered), pending.peer_closed)
+            self._when_plaintext(accepted, protocol, start)
         except TakeoverError:
             self.close(sock.id)
-            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted")
-        self._apply_network_options(accepted)
+            raise SSAError(errno.ECONNABORTED, "accept: the connection was lost before it was accepted") from None
         info = pending.session
-        self.counters["accept_ok"] += 1
         self.metrics.connection("server", "ok", None, None, info.resumed)
-        self._activate(accepted)
-        log.info(
-            "accept ok: {owner} from {host}:{port} sni={sni} {version} {cipher} client={client}",
-            owner=owner.describe(), host=pending.peer[0], port=pending.peer[1], sni=info.server_name,
-            version=version_name(info.version), cipher=info.cipher,
-            client=sock.session and sock.session.peer_chain and "certificate" or "none",
-            **outcome_fields("server", owner, pending.peer, info.server_name, info, "ok", "sni", "cipher"),
-            reason=None,
-        )
-        return sock, app_end
+        outcomes.accept_ok(sock, owner, pending.peer, info)
+        return sock
 
     def _failed(self, entry: SocketEntry, err: int, reason: str) -> None:
         sock = entry.sock
         entry.attempt = None
         failure = sock.connect_failed(err, reason)
-        if entry.daemon_end is not None:
-            try:
-                descriptors.discard(entry.daemon_end, entry.filler)
-                descriptors.shut_down(entry.daemon_end)
-            except OSError:
-                pass
-        self.counters[f"connect_failed_{errno.errorcode.get(err, err)}"] += 1
+        entry.plaintext.connect_failed()
         self.metrics.connection("client", "failed", reason_class(err, reason), None, False)
-        log.info(
-            "connect failed: {owner} to {address} sni={sni}: {errname} {reason}",
-            owner=sock.owner.describe(), address=sock.remote_address, sni=sock.hostname,
-            errname=errno.errorcode.get(err, str(err)), reason=reason,
-            **outcome_fields("client", sock.owner, sock.remote_address, sock.hostname, None, "failed", "sni"),
-        )
+        outcomes.connect_failed(sock, err, reason)
         self._settle(entry, failure)
 
     def _keep_session(self, entry: SocketEntry) -> None:
@@ -595,13 +655,6 @@ class SocketService:
                 waiter.errback(failure)
 
 
-def descriptor_limit() -> int:
-    """
-    How many descriptors this process may have open.
-    """
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:
     """
     A TCP socket bound to C{(host, port)}, or the OS's errno as SSAError.
@@ -615,27 +668,3 @@ def _bound_socket(sock: TLSSocket, host: str, port: int) -> socket.socket:
         net.close()
         raise sock.fail(e.errno or errno.EINVAL, f"bind to {host}:{port} failed: {e.strerror}") from None
     return net
-
-
-
-
-def outcome_fields(
-    role: str, owner: PeerIdentity, remote: tuple | None, sni: str | None, info: TLSSessionInfo | None,
-    outcome: str, *present: str,
-) -> dict[str, object]:
-    """
-    The fields of a connection-outcome log event, for JSON logs
-    (C{--log-format json}), but for those C{present} in the event already
-    (with the same values); the event adds its C{reason} (L{None} on
-    success).
-    """
-    fields = {
-        "role": role, "outcome": outcome, "pid": owner.pid, "uid": owner.uid, "executable": owner.executable,
-        "remote": None if not remote else f"{remote[0]}:{remote[1]}", "sni": sni,
-        "tls_version": None if info is None else version_name(info.version),
-        "cipher": None if info is None else info.cipher, "resumed": None if info is None else info.resumed,
-        "group": None if info is None else info.group,
-    }
-    for name in present:
-        del fields[name]
-    return fields

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from . import netoptions
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
 from .crls import NO_CRLS, Revocation
 from .errors import SSAError
-from . import netoptions
 from .options import ANY, INT, RULES, U64, OptionRule, decode_int, is_ip_literal
 from .peer import PeerIdentity
 from .policy import Policy

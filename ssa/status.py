@@ -15,13 +15,10 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred, succeed
-
 from . import metrics
 from .constants import version_name
 
 if TYPE_CHECKING:
-    from .routing import CrossWorker
     from .service import SocketEntry, SocketService
 
 #: The most sockets one STATUS reply lists (the reply must fit in a frame).
@@ -62,19 +59,8 @@ def local_report(service: SocketService, uid: int | None) -> dict:
         for entry in list(service.entries.values())
         if uid is None or entry.sock.owner.uid == uid
     ]
-    families = getattr(service.metrics, "families", list)()
+    families: list = getattr(service.metrics, "families", list)()
     return {"worker": service.worker_index, "pid": os.getpid(), "sockets": rows, "metrics": families}
-
-
-def gather(service: SocketService, workers: CrossWorker | None, uid: int | None) -> Deferred:
-    """
-    The reports of every worker process, this one's first.
-
-    @return: fires with the list of reports (see L{combine}).
-    """
-    if workers is None:
-        return succeed([local_report(service, uid)])
-    return workers.gather(uid)
 
 
 def combine(reports: Iterable[dict], expected: int = 1) -> dict:
@@ -124,7 +110,7 @@ def format_text(status: dict) -> str:
         ]
         widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
         for line in table:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=False)).rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -1,19 +1,19 @@
 """
 The daemon's one TLS stream protocol: it drives any backend's
-L{ITLSEngine} over a TCP transport and tells an L{ITLSStreamListener} what
+L{ITLSEngine} over a TCP transport and tells an L{ITLSHandshakeListener} what
 happens. Backends differ only in their engine, so half-close, truncation
 and flow control behave the same whichever backend runs.
 
-Flow control needs nothing here: the protocol never buffers, so the bridge
-registers the TCP transport and the plaintext transport as each other's
-producers.
+It serves a connection until its handshake is done and the daemon has
+somewhere to put its plaintext (an accepted connection may wait in its
+listener, reading into a buffer); then a L{ssa.bridge.Bridge} takes the
+TCP socket and the engine and this protocol is detached.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from .errors import TLSFailure, TLSTruncated
 from .identity import check_readable
-from .interfaces import ITLSEngine, ITLSStreamListener
+from .interfaces import ITLSEngine, ITLSHandshakeListener, ITLSStreamListener
 from .tlsconfig import TLSSessionInfo
 
 
@@ -30,15 +30,16 @@ class TLSStreamProtocol(Protocol):
     """
     TLS over one TCP connection.
 
-    @ivar listener: who hears about the handshake, data and the end; the
-        connector at first, the bridge once connected.
+    @ivar listener: who hears about the handshake, data and the end (the
+        connector, or the listener's pending connection), until a bridge
+        takes the connection over.
     @ivar handshake_done: whether the handshake and identity check passed.
     """
 
     def __init__(
         self,
         engine: ITLSEngine,
-        listener: ITLSStreamListener,
+        listener: ITLSHandshakeListener,
         check_session: Callable[[TLSSessionInfo], None],
     ) -> None:
         """
@@ -51,7 +52,6 @@ class TLSStreamProtocol(Protocol):
         self._check_session = check_session
         self._failure: BaseException | None = None
         self._peer_closed_reported = False
-        self._write_closed = False
         self._detached = False
 
     def detach(self) -> None:
@@ -98,11 +98,14 @@ class TLSStreamProtocol(Protocol):
             self._refuse(failure)
             return
         self._flush()
+        if not plaintext and not engine.peer_closed:
+            return
+        reader = ITLSStreamListener(self.listener)
         if plaintext:
-            self.listener.tls_data_received(plaintext)
+            reader.tls_data_received(plaintext)
         if engine.peer_closed and not self._peer_closed_reported:
             self._peer_closed_reported = True
-            self.listener.tls_peer_closed()
+            reader.tls_peer_closed()
 
     def _checked_session(self) -> TLSSessionInfo:
         """
@@ -139,7 +142,6 @@ class TLSStreamProtocol(Protocol):
             self.fail(failure)
             return
         self._failure = failure
-        self._write_closed = True
         self.transport.loseConnection()
 
     def _flush(self) -> None:
@@ -147,40 +149,10 @@ class TLSStreamProtocol(Protocol):
         if out:
             self.transport.write(out)
 
-    def write(self, data: bytes) -> None:
-        """
-        Send plaintext to the peer.
-        """
-        if not self._write_closed:
-            self.engine.write(data)
-            self._flush()
-
-    def close_write(self) -> None:
-        """
-        Half-close: send close_notify, then end TCP's sending side; the
-        peer's data keeps coming.
-        """
-        if self._write_closed:
-            return
-        self._write_closed = True
-        self.engine.close_notify()
-        self._flush()
-        self.transport.loseWriteConnection()
-
-    def close(self) -> None:
-        """
-        Close cleanly: close_notify (once established) and TCP close.
-        """
-        if self.handshake_done and not self._write_closed:
-            self._write_closed = True
-            self.engine.close_notify()
-            self._flush()
-        self.transport.loseConnection()
-
     def fail(self, failure: BaseException) -> None:
         """
         Drop the connection at once because of C{failure}, which the
-        listener gets in L{ITLSStreamListener.tls_connection_lost}.
+        listener gets in L{ITLSHandshakeListener.tls_connection_lost}.
         """
         if self._failure is None:
             self._failure = failure
@@ -200,7 +172,7 @@ class TLSStreamProtocol(Protocol):
         Our sending side is closed; nothing more to do.
         """
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         """
         TCP is gone: tell the listener whether that was clean.
         """
@@ -209,9 +181,8 @@ class TLSStreamProtocol(Protocol):
             if not self.handshake_done:
                 failure = TLSFailure("the peer closed the connection during the handshake")
             elif not self.engine.peer_closed:
-                failure = TLSTruncated(
-                    f"the connection was lost without close_notify ({reason.getErrorMessage()})"
-                )
+                why = "connection closed" if reason is None else reason.getErrorMessage()
+                failure = TLSTruncated(f"the connection was lost without close_notify ({why})")
         self.listener.tls_connection_lost(failure)
 
 

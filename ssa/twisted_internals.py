@@ -13,6 +13,11 @@ C{tests/test_takeover.py} pins each of them.
    the kernel attaches C{SCM_CREDENTIALS} to every message and never joins
    two senders' bytes in one read. Twisted's Unix transport drops that
    ancillary data; ours hands it to the protocol before the bytes.
+3. Sharing connections and listening sockets between worker processes: a
+   control connection closed here without C{shutdown()} while another
+   process serves it (L{close_without_shutdown}); the control socket a
+   worker inherits, served without C{listen()}, C{chmod()} or, when it
+   stops, C{shutdown()} and unlinking the path (L{serve_inherited}).
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import os
 import socket
 import struct
 
-from twisted.internet import main, unix
+from twisted.internet import main, tcp, unix
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from zope.interface import Interface
 
 
@@ -172,3 +179,63 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def close_without_shutdown(transport) -> None:
+    """
+    Close a TCP or Unix transport's connection here while it lives on
+    elsewhere (through a duplicate of its descriptor): once the data
+    already written is flushed, and without C{shutdown()}, which Twisted's
+    orderly close calls and which would end it for the other holder too.
+    Relies on C{Connection._shouldShutdown} (tests/test_takeover.py pins
+    it).
+    """
+    transport._shouldShutdown = False
+    transport.loseConnection()
+
+
+class SharedControlPort(CredentialPort):
+    """
+    The control socket as a worker serves it: a listening socket it got
+    from the main process, served as it is. A L{unix.Port} would call
+    C{listen()} and C{chmod()} when it starts and, when it stops, call
+    C{shutdown()} (which makes the shared socket refuse every connection,
+    in every process) and remove the path.
+    """
+
+    def startListening(self) -> None:
+        """
+        Accept from the inherited socket.
+        """
+        tcp._reservedFD.reserve()
+        self.factory.doStart()
+        self.socket, self._preexistingSocket = self._preexistingSocket, None
+        self._shouldShutdown = False
+        self.fileno = self.socket.fileno
+        self.connected = True
+        self.numberAccepts = 100
+        self.startReading()
+
+    def connectionLost(self, reason: Failure) -> None:
+        """
+        Stop listening; the path stays.
+        """
+        tcp.Port.connectionLost(self, reason)
+
+
+def serve_inherited(reactor, fd: int, factory: Factory) -> SharedControlPort:
+    """
+    Accept control connections from the listening socket C{fd} (what
+    C{reactor.adoptStreamPort} does, with a port that leaves the path
+    alone), and close C{fd}, which the port has duplicated.
+    """
+    os.set_blocking(fd, False)
+    listening = socket.socket(fileno=fd)
+    try:
+        pass_credentials(listening)  # e.g. a socket systemd made: requests carry their senders
+    finally:
+        listening.detach()
+    port = SharedControlPort._fromListeningDescriptor(reactor, fd, factory)
+    port.startListening()
+    os.close(fd)
+    return port

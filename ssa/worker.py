@@ -16,7 +16,7 @@ import signal
 import socket
 
 from twisted.application.service import Service
-from twisted.internet import main, tcp
+from twisted.internet import main
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,58 +27,11 @@ from .handoff import Ready
 from .link import Link
 from .routing import CrossWorker
 from .service import SocketService
-from .twisted_internals import CredentialPort, pass_credentials
+from .twisted_internals import SharedControlPort, serve_inherited
 
 log = Logger()
 
 _PR_SET_PDEATHSIG = 1
-
-
-class SharedControlPort(CredentialPort):
-    """
-    The control socket as a worker serves it: a listening socket it got
-    from the main process, served as it is. A L{unix.Port} would call
-    C{listen()} and C{chmod()} when it starts and, when it stops, call
-    C{shutdown()} (which makes the shared socket refuse every connection,
-    in every process) and remove the path.
-    """
-
-    def startListening(self) -> None:
-        """
-        Accept from the inherited socket.
-        """
-        tcp._reservedFD.reserve()
-        self.factory.doStart()
-        self.socket, self._preexistingSocket = self._preexistingSocket, None
-        self._shouldShutdown = False
-        self.fileno = self.socket.fileno
-        self.connected = True
-        self.numberAccepts = 100
-        self.startReading()
-
-    def connectionLost(self, reason: Failure) -> None:
-        """
-        Stop listening; the path stays.
-        """
-        tcp.Port.connectionLost(self, reason)
-
-
-def serve_inherited(reactor, fd: int, factory: ControlFactory) -> SharedControlPort:
-    """
-    Accept control connections from the listening socket C{fd} (what
-    C{reactor.adoptStreamPort} does, with a port that leaves the path
-    alone), and close C{fd}, which the port has duplicated.
-    """
-    os.set_blocking(fd, False)
-    listening = socket.socket(fileno=fd)
-    try:
-        pass_credentials(listening)  # e.g. a socket systemd made: requests carry their senders
-    finally:
-        listening.detach()
-    port = SharedControlPort._fromListeningDescriptor(reactor, fd, factory)
-    port.startListening()
-    os.close(fd)
-    return port
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> None:
@@ -156,7 +109,8 @@ class WorkerProcessService(Service):
             self.workers.receive, lambda: self._parent_gone("the link closed"),
         )
         self.workers.send = self.link.send
-        self.port = serve_inherited(self.reactor, self._control_fd, ControlFactory(self.sockets, self.workers))
+        factory = self.workers.factory = ControlFactory(self.sockets, self.workers)
+        self.port = serve_inherited(self.reactor, self._control_fd, factory)
         self._watch = _ParentWatch(self._parent_fd, self._parent_gone)
         self.reactor.addReader(self._watch)
         log.info("SSA worker {index} (pid {pid}) serving with the {backend} backend",

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,8 +27,8 @@ from ssa.policyfile import load_default, load_policy
 from ssa.profiles import PolicySet
 from ssa.routing import CrossWorker
 from ssa.service import SocketService
-from ssa.twisted_internals import listen_with_credentials
-from ssa.worker import WorkerProcessService, serve_inherited
+from ssa.twisted_internals import listen_with_credentials, serve_inherited
+from ssa.worker import WorkerProcessService
 from ssa.workers import CONTROL_FD, LINK_FD, WorkerSupervisor
 
 log = Logger()
@@ -159,9 +160,12 @@ class UnixFrontendService(Service):
         Bind the control socket.
         """
         super().startService()
+        factory = ControlFactory(self.sockets, self.workers)
+        if self.workers is not None:
+            self.workers.factory = factory  # it makes the protocols of connections other workers pass here
         if self.inherited is not None:
             fd, self.inherited = self.inherited, None
-            self.port = serve_inherited(self.reactor, fd, ControlFactory(self.sockets, self.workers))
+            self.port = serve_inherited(self.reactor, fd, factory)
             log.info("SSA daemon serving the control socket passed by the service manager with the "
                      "{backend} backend", backend=self.sockets.backend.name)
             return
@@ -169,7 +173,7 @@ class UnixFrontendService(Service):
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o755 if os.getuid() == 0 else 0o700, exist_ok=True)
         _remove_stale(self.path)
-        self.port = listen_with_credentials(self.reactor, self.path, ControlFactory(self.sockets, self.workers))
+        self.port = listen_with_credentials(self.reactor, self.path, factory)
         log.info("SSA daemon listening on {path} with the {backend} backend",
                  path=self.path, backend=self.sockets.backend.name)
 
@@ -335,13 +339,13 @@ def makeService(options: Options, reactor=None) -> MultiService:
     try:
         policies = load()
     except PolicyError as e:
-        raise SystemExit(f"ssa: {e}")
+        raise SystemExit(f"ssa: {e}") from None
     policy = policies.default
     name = options["backend"] or policy.backend
     try:
         backend = load_backend(name)
     except NoSuchBackend as e:
-        raise SystemExit(str(e.args[0]))
+        raise SystemExit(str(e.args[0])) from None
     _raise_descriptor_limit()
     top = MultiService()
     count, index = options["workers"], options["worker-index"] or 0
@@ -386,7 +390,10 @@ def _serve_metrics(
         return
     from ssa.metricsweb import metrics_service
 
-    metrics_service(reactor, options["metrics"], lambda: status.gather(sockets, workers, None)).setServiceParent(top)
+    def reports() -> Deferred:
+        return succeed([status.local_report(sockets, None)]) if workers is None else workers.reports(None)
+
+    metrics_service(reactor, options["metrics"], reports).setServiceParent(top)
 
 
 def _worker_arguments(options: Options, index: int) -> list[str]:

@@ -20,6 +20,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ssa import _channels, client
+from ssa.frontends.socketpair import SocketpairStream
 from ssa.frontends.unix import ControlFactory
 from ssa.twisted_internals import listen_with_credentials
 from ssa.interfaces import ISocketAPI, ITLSBackend
@@ -107,14 +108,22 @@ class LimitTests(SynchronousTestCase):
 
         service = SocketService(MemoryReactor(), BrokenBackend(), Policy(max_sockets_per_client=2))
         greedy, other = PeerIdentity(10, 1000, 1000), PeerIdentity(11, 1000, 1000)
-        first, _ = service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
-        service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
-        failure = self.assertRaises(SSAError, service.open_socket, greedy, socket.AF_INET, socket.SOCK_STREAM)
+
+        def open_socket(owner: PeerIdentity):
+            return service.open_socket(owner, socket.AF_INET, socket.SOCK_STREAM, 0, SocketpairStream.make())
+
+        first = open_socket(greedy)
+        open_socket(greedy)
+        refused = SocketpairStream.make()
+        failure = self.assertRaises(
+            SSAError, service.open_socket, greedy, socket.AF_INET, socket.SOCK_STREAM, 0, refused
+        )
         self.assertEqual(failure.errno, errno.EMFILE)
         self.assertIn("max-sockets-per-client", failure.reason)
-        service.open_socket(other, socket.AF_INET, socket.SOCK_STREAM)
+        self.assertEqual((refused.app_end, refused.daemon_end), (-1, None), "a refused socket's stream is closed")
+        open_socket(other)
         service.close(first.id)
-        service.open_socket(greedy, socket.AF_INET, socket.SOCK_STREAM)
+        open_socket(greedy)
         service.close_all()
         self.assertEqual(service.entries, {})
 
@@ -126,13 +135,14 @@ class InterfaceTests(SynchronousTestCase):
 
     def test_stream_listeners(self) -> None:
         """
-        The connector and the listener's pending connections provide
-        L{ITLSStreamListener}.
+        The connector waits for handshakes (L{ITLSHandshakeListener}); the
+        listener's pending connections also read what follows them
+        (L{ITLSStreamListener}).
         """
         from twisted.internet.testing import MemoryReactor
 
         from ssa.connector import ConnectAttempt
-        from ssa.interfaces import ITLSStreamListener
+        from ssa.interfaces import ITLSHandshakeListener, ITLSStreamListener
         from ssa.listener import Listener, PendingConnection
         from ssa.sockets import ConnectPlan
         from ssa.tlsconfig import ClientTLSConfig, ServerTLSConfig
@@ -141,5 +151,5 @@ class InterfaceTests(SynchronousTestCase):
         plan = ConnectPlan("127.0.0.1", 443, "localhost", "localhost", ClientTLSConfig())
         attempt = ConnectAttempt(reactor, BrokenBackend(), plan, 1, 1, lambda *a: None, lambda *a: None)
         listener = Listener(reactor, BrokenBackend(), ServerTLSConfig(()), 1, 1, lambda: None, lambda: None)
-        for candidate in (attempt, PendingConnection(listener, ("127.0.0.1", 1))):
-            verifyObject(ITLSStreamListener, candidate)
+        verifyObject(ITLSHandshakeListener, attempt)
+        verifyObject(ITLSStreamListener, PendingConnection(listener, ("127.0.0.1", 1)))

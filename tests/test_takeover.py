@@ -5,14 +5,18 @@ the bridge's send helper: pure logic on real sockets, no reactor running.
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 
 from ssa.bridge import _send_after
-from ssa.twisted_internals import TakeoverError, take_socket
+from ssa.twisted_internals import TakeoverError, close_without_shutdown, take_socket
 
 
 class _Transport(FileDescriptor):
@@ -105,3 +109,31 @@ class SendAfterTests(SynchronousTestCase):
     def test_dead_peer_raises(self) -> None:
         self.b.close()
         self.assertRaises(OSError, _send_after, self.a, memoryview(b""), b"abc")
+
+
+class CloseWithoutShutdownTests(SynchronousTestCase):
+    """
+    L{close_without_shutdown} relies on Twisted's C{Connection} calling
+    C{shutdown()} in an orderly close only while C{_shouldShutdown} is
+    true: a duplicate of the descriptor goes on working.
+    """
+
+    def test_duplicate_keeps_the_connection(self) -> None:
+        from twisted.internet import reactor
+        from twisted.internet.protocol import Protocol
+
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        kept = socket.socket(fileno=os.dup(ours.fileno()))
+        self.addCleanup(kept.close)
+        ours.setblocking(False)
+        transport = reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, Factory.forProtocol(Protocol))
+        ours.close()
+        self.assertTrue(hasattr(transport, "_shouldShutdown"), "Twisted's transport has _shouldShutdown")
+        close_without_shutdown(transport)
+        self.assertFalse(transport._shouldShutdown)
+        transport.connectionLost(Failure(ConnectionDone()))  # what the reactor does next
+        kept.sendall(b"still here")
+        self.assertEqual(theirs.recv(20), b"still here")
+        theirs.sendall(b"and back")
+        self.assertEqual(kept.recv(20), b"and back")

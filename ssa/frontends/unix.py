@@ -7,9 +7,9 @@ The daemon learns each peer's pid, uid and gid from the kernel, never from
 the peer's words, and never opens a path for it: file contents arrive in
 the option values.
 
-With several worker processes (C{--workers N}) a connection whose first
-request names another worker's socket, and a NEW socket asking for another
-worker's C{TLS_CONTEXT}, move to that worker: L{ssa.routing} does it.
+With several worker processes (C{--workers N}) a request may have to be
+served by another worker, with its connection: an L{IRequestRouter}
+(L{ssa.routing}) says so before each request is served here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IFileDescriptorReceiver
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -28,15 +28,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .. import status, wire
-from ..connector import INTERNAL_ERROR
-from ..errors import SSAError
-from ..limits import EXTRA_CONNECTIONS, RequestBudget, user_socket_bound
+from ..errors import INTERNAL_ERROR, SSAError
+from ..interfaces import IRequestRouter, ISocketAPI
+from ..limits import EXTRA_CONNECTIONS, RequestBudget, open_file_limit, user_socket_bound
 from ..peer import Credentials, PeerIdentity, identity_of, peer_identity
-from ..service import SocketService, descriptor_limit
 from ..wire import Frame, FrameDecoder, FramingError, Op
+from .socketpair import SocketpairStream
 
 if TYPE_CHECKING:
-    from ..routing import CrossWorker
+    from ..sockets import TLSSocket
 
 log = Logger()
 
@@ -48,8 +48,8 @@ class ControlProtocol(Protocol):
 
     @ivar peer: who the kernel says the application is.
     @ivar sockets: the ids of the sockets this connection owns.
-    @ivar workers: with several worker processes, this worker's part in
-        requests that cross them; else L{None}.
+    @ivar router: with several worker processes, where requests are
+        served; else L{None}.
     @ivar carried: bytes another worker read from this connection before
         handing it here; they come before anything read here.
     @ivar carried_sender: the credentials of the process that wrote
@@ -57,7 +57,7 @@ class ControlProtocol(Protocol):
     """
 
     def __init__(
-        self, service: SocketService, max_frame: int = wire.MAX_FRAME, workers: CrossWorker | None = None,
+        self, service: ISocketAPI, max_frame: int = wire.MAX_FRAME, router: IRequestRouter | None = None,
         budget: RequestBudget | None = None,
     ) -> None:
         """
@@ -72,7 +72,7 @@ class ControlProtocol(Protocol):
         self.decoder = FrameDecoder(max_frame)
         self.sockets: set[int] = set()
         self.peer: PeerIdentity | None = None
-        self.workers = workers
+        self.router = router
         self.carried = b""
         self.carried_sender: Credentials | None = None
         self._open = False
@@ -82,7 +82,6 @@ class ControlProtocol(Protocol):
         self._partial_sender: Credentials | None = None
         self.sender: Credentials | None = None
         self._waiting: set[Deferred] = set()
-        self._moving_to: int | None = None
         self._departure: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
@@ -93,12 +92,12 @@ class ControlProtocol(Protocol):
         try:
             self.peer = peer_identity(self.transport.getHandle())
         except OSError as e:
-            log.warning("cannot read the peer's credentials ({error}); closing", error=e)
+            log.warn("cannot read the peer's credentials ({error}); closing", error=e)
             self.transport.loseConnection()
             return
         policy = self.service.policies.for_peer(self.peer)
         self._buffer_bound = policy.max_request_bytes_per_user
-        bound = user_socket_bound(policy.max_sockets_per_user, descriptor_limit()) + EXTRA_CONNECTIONS
+        bound = user_socket_bound(policy.max_sockets_per_user, open_file_limit()) + EXTRA_CONNECTIONS
         self._counted = self.budget.open_connection(self.peer.uid, bound)
         if not self._counted:
             self._refuse(errno.EMFILE, f"uid {self.peer.uid} holds {bound} control connections to the daemon, "
@@ -158,61 +157,35 @@ class ControlProtocol(Protocol):
             if not self._open:
                 return
             self.sender = first_sender if index == 0 else sender
-            if self.workers is not None and self._hand_off(frame, frames[index:]):
-                return
+            if self.router is not None:
+                try:
+                    start = self.router.destination(frame, self.sockets, bool(self._waiting))
+                except SSAError as e:
+                    self._reply(frame, e.errno, e.reason.encode("utf-8"))
+                    continue
+                if start is not None:
+                    self._move(start, frames[index:])
+                    return
             self._handle(frame)
-            if self._moving_to is not None:
-                self._migrate(frame.socket_id, frames[index:])
-                return
 
-    # Moving to another worker process (L{ssa.routing})
+    # Moving to another worker process (L{IRequestRouter})
 
-    def _hand_off(self, frame: Frame, unanswered: list[Frame]) -> bool:
+    def _move(self, start: Callable[..., Callable[[], None]], unanswered: list[Frame]) -> None:
         """
-        A connection that owns no socket and waits for nothing (a new
-        one, typically, as C{accept()} opens) goes to the worker serving
-        the socket its request names, if that is another one; say whether
-        it went.
-        """
-        assert self.workers is not None
-        if self.sockets or self._waiting:
-            return False
-        target = self.workers.owner_of_request(frame)
-        if target is None:
-            return False
-        sender = self.sender
-        self._leave(
-            lambda pending: self.workers.hand_off(self.transport, target, pending, frame, sender), unanswered
-        )
-        return True
-
-    def _migrate(self, socket_id: int, unanswered: list[Frame]) -> None:
-        """
-        Move the connection and its NEW socket to the worker chosen by
-        L{_setsockopt}, with the unanswered requests.
-        """
-        assert self.workers is not None and self._moving_to is not None
-        target, self._moving_to = self._moving_to, None
-
-        def start(pending: bytes) -> Callable[[], None]:
-            departure = self.workers.migrate(self.transport, socket_id, target, pending, self.sender)
-            self.sockets.discard(socket_id)
-            return departure
-
-        self._leave(start, unanswered)
-
-    def _leave(self, start: Callable[[bytes], Callable[[], None]], unanswered: list[Frame]) -> None:
-        """
-        Move to another worker with the C{unanswered} requests and what
-        is buffered of the next one: C{start} detaches the connection and
-        returns what sends it on once it is closed here.
+        Move the connection, its sockets and the C{unanswered} requests
+        (with what is buffered of the next one) where the router said:
+        C{start} detaches it and returns what sends it on once it is
+        closed here.
         """
         self._open = False
+        pending = wire.encode_frames(unanswered) + self.decoder.take_buffered()
         try:
-            self._departure = start(wire.encode_frames(unanswered) + self.decoder.take_buffered())
+            self._departure = start(self.transport, pending, self.sender)
         except Exception:  # noqa: BLE001
             log.failure("could not move a control connection of {peer} to another worker", peer=self._who())
             self.transport.loseConnection()
+            return
+        self.sockets.clear()  # they live on with the connection
 
     def _account_buffered(self) -> bool:
         """
@@ -245,8 +218,8 @@ class ControlProtocol(Protocol):
             waiting.cancel()
         for socket_id in self.sockets:
             self.service.close(socket_id, abort=True)  # no CLOSE came: the application died
-            if self.workers is not None:
-                self.workers.replay.forget(socket_id)
+            if self.router is not None:
+                self.router.forget(socket_id)
         self.sockets.clear()
         departure, self._departure = self._departure, None
         if departure is not None:
@@ -255,7 +228,7 @@ class ControlProtocol(Protocol):
     # Dispatch
 
     def _handle(self, frame: Frame) -> None:
-        handler = _HANDLERS.get(frame.op)
+        handler = _HANDLERS.get(frame.op)  # type: ignore[call-overload]  # any int may arrive
         try:
             if handler is None:
                 raise SSAError(errno.EINVAL, f"unknown operation {frame.op}")
@@ -277,9 +250,10 @@ class ControlProtocol(Protocol):
 
     def _socket(self, frame: Frame) -> None:
         family, type_, proto = wire.SOCKET_ARGS.unpack(frame.body)
-        sock, app_end = self.service.open_socket(self._requester(), family, type_, proto)
+        stream = SocketpairStream.make()
+        sock = self.service.open_socket(self._requester(), family, type_, proto, stream)
         self.sockets.add(sock.id)
-        self.transport.sendFileDescriptor(app_end)
+        self.transport.sendFileDescriptor(stream.app_end)
         self._send(wire.encode_reply(frame, 0, wire.NEW_SOCKET.pack(sock.id), nfds=1))
 
     def _bind(self, frame: Frame) -> None:
@@ -313,14 +287,9 @@ class ControlProtocol(Protocol):
     def _setsockopt(self, frame: Frame) -> None:
         level, name = wire.OPTION.unpack_from(frame.body)
         value = frame.body[wire.OPTION.size :]
-        if self.workers is not None:
-            movable = len(self.sockets) == 1 and not self._waiting
-            self._moving_to = self.workers.context_owner(frame.socket_id, level, name, value, movable)
-            if self._moving_to is not None:
-                return
         self.service.setsockopt(frame.socket_id, level, name, value)
-        if self.workers is not None:
-            self.workers.replay.record(frame.socket_id, level, name, value)
+        if self.router is not None:
+            self.router.handled(frame)
         self._reply(frame, 0)
 
     def _getsockopt(self, frame: Frame) -> None:
@@ -330,23 +299,25 @@ class ControlProtocol(Protocol):
     def _listen(self, frame: Frame) -> None:
         (backlog,) = wire.BACKLOG.unpack_from(frame.body)
         host, port = self.service.listen(frame.socket_id, backlog)
-        family = self.service.entry(frame.socket_id).sock.family
+        family = self.service.lookup(frame.socket_id).family
         self._reply(frame, 0, wire.encode_address(family, host, port))
 
     def _accept(self, frame: Frame) -> None:
         (flags,) = wire.ACCEPT_FLAGS.unpack_from(frame.body)
-        done = self.service.accept(frame.socket_id, self._requester(), not flags & wire.ACCEPT_NONBLOCKING)
+        requester = self._requester()
+        stream = SocketpairStream.make()
+        done = self.service.accept(frame.socket_id, requester, not flags & wire.ACCEPT_NONBLOCKING, stream)
         self._waiting.add(done)
 
-        def delivered(result: tuple) -> None:
+        def delivered(sock: TLSSocket) -> None:
             self._waiting.discard(done)
-            sock, app_end = result
             if not self._open:
                 self.service.close(sock.id)
                 return
             self.sockets.add(sock.id)
+            assert sock.remote_address is not None
             host, port = sock.remote_address
-            self.transport.sendFileDescriptor(app_end)
+            self.transport.sendFileDescriptor(stream.app_end)
             body = wire.NEW_SOCKET.pack(sock.id) + wire.encode_address(sock.family, host, port)
             self._send(wire.encode_reply(frame, 0, body, nfds=1))
 
@@ -364,8 +335,8 @@ class ControlProtocol(Protocol):
     def _close(self, frame: Frame) -> None:
         self.sockets.discard(frame.socket_id)
         stopped = self.service.close(frame.socket_id)
-        if self.workers is not None:
-            self.workers.replay.forget(frame.socket_id)
+        if self.router is not None:
+            self.router.forget(frame.socket_id)
         if stopped is None:
             self._reply(frame, 0)
         else:  # a listener: answer once its address is free, as close(2) returns
@@ -379,8 +350,10 @@ class ControlProtocol(Protocol):
         """
         requester = self._requester()  # who sent this request, not who opened the connection
         uid = None if requester.uid == 0 else requester.uid
-        count = 1 if self.workers is None else self.workers.count
-        done = status.gather(self.service, self.workers, uid)
+        if self.router is None:
+            count, done = 1, succeed([status.local_report(self.service, uid)])
+        else:
+            count, done = self.router.processes, self.router.reports(uid)
         self._waiting.add(done)
 
         def answer(reports: list[dict]) -> None:
@@ -453,19 +426,17 @@ class ControlFactory(Factory):
 
     noisy = False
 
-    def __init__(self, service: SocketService, workers: CrossWorker | None = None) -> None:
+    def __init__(self, service: ISocketAPI, router: IRequestRouter | None = None) -> None:
         """
-        @param workers: with several worker processes, this worker's part
-            in requests that cross them.
+        @param router: with several worker processes, where requests are
+            served.
         """
         self.service = service
-        self.workers = workers
+        self.router = router
         self.budget = RequestBudget()
-        if workers is not None:
-            workers.factory = self
 
     def buildProtocol(self, addr: object) -> ControlProtocol:
         """
         A new control connection.
         """
-        return ControlProtocol(self.service, workers=self.workers, budget=self.budget)
+        return ControlProtocol(self.service, router=self.router, budget=self.budget)

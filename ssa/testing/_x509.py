@@ -12,8 +12,9 @@ Certificate for the SHA-1 one, and signs the new TBSCertificate with SHA-1.
 from __future__ import annotations
 
 import ipaddress
-from datetime import datetime, timedelta, timezone
-from typing import Iterable, Literal, Union
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,7 +46,7 @@ __all__ = [
 KeyType = Literal["ecdsa", "rsa", "ed25519"]
 """The key algorithms the factory can generate (ECDSA is P-256)."""
 
-TimeSpec = Union[datetime, timedelta, None]
+TimeSpec = datetime | timedelta | None
 """An absolute time, an offset from now, or C{None} for the default."""
 
 _EKU_NAMES: dict[str, x509.ObjectIdentifier] = {
@@ -127,7 +128,7 @@ def resolve_time(value: TimeSpec, default: timedelta, now: datetime) -> datetime
     if isinstance(value, timedelta):
         return now + value
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
+        return value.replace(tzinfo=UTC)
     return value
 
 
@@ -168,7 +169,7 @@ def base_builder(
     not_after: TimeSpec,
 ) -> x509.CertificateBuilder:
     """A builder with names, key, serial, validity and key identifiers set."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -29,9 +29,9 @@ Note that OpenSSL 3 rejects SHA-1 certificate signatures at security level
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

@@ -19,9 +19,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Sequence, Union
+from typing import IO
 
 from ssa.testing.certs import CertifiedKey
 from ssa.testing.tls_connection import TLSPeerConnection, TruncatedError
@@ -54,7 +55,7 @@ __all__ = [
     "truncating_handler",
 ]
 
-StreamSpec = Union[int, IO[bytes], None]
+StreamSpec = int | IO[bytes] | None
 """A C{subprocess} stream: C{PIPE}, C{DEVNULL}, a file object or C{None}."""
 
 _LOOPBACK_HEX = "0100007F"  # 127.0.0.1 as /proc/net/tcp spells it

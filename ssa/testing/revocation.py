@@ -179,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             answer = route(body) if callable(route) else route
+            assert isinstance(answer, bytes)
         except Exception as e:  # noqa: BLE001 (the test sees a 500)
             self.send_error(500, str(e))
             return

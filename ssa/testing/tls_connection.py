@@ -16,7 +16,8 @@ import ssl
 import struct
 import threading
 import time
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography import x509
 

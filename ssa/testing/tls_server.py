@@ -14,10 +14,10 @@ import socket
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
 
 from ssa.testing.certs import CertificateAuthority, CertifiedKey
 from ssa.testing.tls_connection import TLSPeerConnection
