@@ -235,6 +235,26 @@ class ResponderTests(OCSPTestCase):
         self.assertLess(time.monotonic() - started, 15)
         self.assertGreaterEqual(self.http.requests["/hang"], 1)
 
+    def test_close_while_checking(self) -> None:
+        """
+        A socket closed while its check waits for a hanging responder: the
+        daemon goes on (other connections work; when the fetch ends, the
+        next connection to that server passes), with no error in its log.
+        """
+        self.http.routes["/hang"] = "hang"
+        hanging = self.server(self.issue("/hang", None))
+        sock = self.trusting_socket(nonblocking=True)
+        self.assertRaises(BlockingIOError, sock.connect, ("127.0.0.1", hanging.port))
+        deadline = time.monotonic() + 30
+        while self.http.requests["/hang"] == 0:
+            self.assertLess(time.monotonic(), deadline)
+            select.select([], [], [], 0.01)
+        sock.close()
+        self.connects(self.server().port)
+        self.connects(hanging.port)
+        self.assertNotIn("Traceback", self.daemon.log())
+        self.assertNotIn("Unhandled", self.daemon.log())
+
     def test_bad_responses_are_not_revoked(self) -> None:
         """
         Forged, stale and wrong-serial responses saying "revoked" are

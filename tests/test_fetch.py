@@ -64,6 +64,14 @@ class FetchTests(TestCase):
         closed.close()
         await self.assertFetchFails(f"http://127.0.0.1:{port}/x", f"127.0.0.1:{port}")
 
+    async def test_cut(self) -> None:
+        """
+        An answer cut short (the connection closed before the announced
+        length): L{FetchError}, not the part that came.
+        """
+        self.server.routes["/cut"] = "cut"
+        await self.assertFetchFails(self.server.url("/cut"), "/cut")
+
     async def test_hang(self) -> None:
         """
         A server that never answers: the fetch fails after the timeout.

@@ -177,6 +177,13 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "hang":
             self.server.stopping.wait()
             return
+        if route == "cut":
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"0123456789")
+            self.close_connection = True
+            return
         try:
             answer = route(body) if callable(route) else route
             assert isinstance(answer, bytes)
@@ -200,7 +207,8 @@ class RevocationHTTPServer(ThreadingHTTPServer):
     An HTTP server on 127.0.0.1 (an ephemeral port) in a thread.
 
     @ivar routes: path -> the answer: bytes, C{"hang"} (never answer
-        until stopped), or a callable of the request body (e.g.
+        until stopped), C{"cut"} (10 bytes of the 1000 announced, then
+        close), or a callable of the request body (e.g.
         L{OpenSSLResponder.respond}).
     @ivar requests: how many requests each path got.
     """
