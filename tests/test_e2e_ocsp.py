@@ -139,6 +139,16 @@ class OCSPTestCase(DaemonTestCase):
             make_response(other.cert, self.intermediate, status=status),
         ]
 
+    def asked(self, path: str) -> None:
+        """
+        Wait until the test's HTTP server got a request for C{path} (the
+        daemon's fetch is under way).
+        """
+        deadline = time.monotonic() + 30
+        while self.http.requests[path] == 0:
+            self.assertLess(time.monotonic(), deadline, f"no request for {path}")
+            select.select([], [], [], 0.01)
+
     def connects(self, port: int, **options: int) -> None:
         """
         A socket trusting the root, with C{options} (by name), connects to
@@ -245,10 +255,7 @@ class ResponderTests(OCSPTestCase):
         hanging = self.server(self.issue("/hang", None))
         sock = self.trusting_socket(nonblocking=True)
         self.assertRaises(BlockingIOError, sock.connect, ("127.0.0.1", hanging.port))
-        deadline = time.monotonic() + 30
-        while self.http.requests["/hang"] == 0:
-            self.assertLess(time.monotonic(), deadline)
-            select.select([], [], [], 0.01)
+        self.asked("/hang")
         sock.close()
         self.connects(self.server().port)
         self.connects(hanging.port)
@@ -283,10 +290,7 @@ class ResponderTests(OCSPTestCase):
         sockets = [self.trusting_socket(nonblocking=True) for _ in range(5)]
         for sock in sockets:
             self.assertRaises(BlockingIOError, sock.connect, ("127.0.0.1", server.port))
-        deadline = time.monotonic() + 30
-        while self.http.requests["/ocsp/int"] == 0:
-            self.assertLess(time.monotonic(), deadline)
-            select.select([], [], [], 0.01)
+        self.asked("/ocsp/int")
         gate.set()
         for sock in sockets:
             select.select([], [sock], [], 30)
