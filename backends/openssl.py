@@ -56,6 +56,7 @@ from ssa.identity import check_readable, verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
 from ssa.options import is_ip_literal
 from ssa.pathvalidation import check_server_chain
+from ssa.stapling import STAPLES
 from ssa.tlsconfig import (
     ClientTLSConfig,
     Credential,
@@ -96,10 +97,11 @@ class _VerifyRecord:
         L{None}.
     """
 
-    __slots__ = ("config", "failure", "leaf_checked", "refusal", "verify_name")
+    __slots__ = ("config", "failure", "leaf_checked", "refusal", "staple", "verify_name")
 
     def __init__(self, verify_name: str | None = None) -> None:
         self.config: ClientTLSConfig | None = None
+        self.staple = b""
         self.failure: str | None = None
         self.verify_name = verify_name
         self.refusal: TLSFailure | None = None
@@ -185,6 +187,27 @@ def _accept_path(connection: SSL.Connection, record: _VerifyRecord) -> bool:
     except Exception:
         pass  # no chain to read here: the check after the handshake decides
     return record.refusal is None
+
+
+def _keep_staple(connection: SSL.Connection, response: bytes, data: object) -> bool:
+    """
+    OpenSSL's OCSP status callback on a client: keep the stapled response
+    (C{b""} if none) for the revocation check after the handshake
+    (L{ssa.revocationcheck}), which judges it; the handshake goes on.
+    """
+    record = connection.get_app_data()
+    if isinstance(record, _VerifyRecord):
+        record.staple = bytes(response)
+    return True
+
+
+def _staple(connection: SSL.Connection, data: object) -> bytes:
+    """
+    OpenSSL's OCSP status callback on a server: the current staple of the
+    certificate being served (L{ssa.stapling.STAPLES}), C{b""} if none.
+    """
+    certificate = connection.get_certificate(as_cryptography=True)
+    return STAPLES.get(certificate) if certificate is not None else b""
 
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -295,6 +318,7 @@ def build_context(config: ClientTLSConfig) -> SSL.Context:
     context = _new_context(SSL.TLS_CLIENT_METHOD, config)
     context.set_verify(SSL.VERIFY_PEER, _verify_callback)
     context.set_verify_depth(config.verify_depth)
+    context.set_ocsp_client_callback(_keep_staple)
     # Keep the client's sessions resumable (the daemon caches them itself).
     context.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
     if config.use_system_store:
@@ -393,6 +417,9 @@ def build_server_context(config: ServerTLSConfig) -> SSL.Context:
             _load_anchors(context, config.client_anchors, name_client_cas=True)
     if config.alpn:
         context.set_alpn_select_callback(_alpn_selector(alpn_names(config.alpn)))
+    if config.ocsp_stapling:
+        # The staples change; the Context does not: the callback reads them.
+        context.set_ocsp_server_callback(_staple)
     # A session id context makes sessions resumable (OpenSSL refuses to
     # resume a session that had a verified client certificate without one);
     # distinct configurations get distinct ones.
@@ -483,6 +510,8 @@ class OpenSSLEngine:
             self._connection.set_accept_state()
             return
         self._connection.set_connect_state()
+        if isinstance(config, ClientTLSConfig) and config.revocation is not None and config.revocation.stapled:
+            self._connection.request_ocsp()  # status_request: the server may staple
         if verify_name is not None and "%" not in verify_name:
             _check_name_in_handshake(self._connection, verify_name)
         sni = _sni_name(server_hostname)
@@ -612,6 +641,7 @@ class OpenSSLEngine:
             alpn=self._alpn(),
             resumed=_session_reused(connection),
             group=_group(connection),
+            ocsp_response=self._record.staple,
         )
 
     def session(self) -> SSL.Session | None:

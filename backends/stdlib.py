@@ -380,10 +380,15 @@ def build_server_context(config: ServerTLSConfig) -> ssl.SSLContext:
 
     @raise TLSFailure: the configuration cannot be used (no credential, a
         key that does not match its certificate, unreadable PEM, no cipher,
-        TLS 1.3 suites restricted).
+        TLS 1.3 suites restricted, OCSP stapling asked for).
     """
     if not config.credentials:
         raise TLSFailure("invalid TLS configuration: a server needs a certificate")
+    if config.ocsp_stapling:
+        raise TLSFailure(
+            "the stdlib backend cannot staple OCSP responses (Python's ssl module has no interface for it):"
+            " TLS_SERVER_OCSP_STAPLING needs the openssl backend"
+        )
     context = _new_context(ssl.PROTOCOL_TLS_SERVER, config)
     context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     if config.session_timeout <= 0:

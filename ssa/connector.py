@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSHandshakeListener
 from .options import is_ip_literal
 from .pathvalidation import check_server_chain
+from .revocationcheck import check_server_revocation
 from .sockets import ConnectPlan
 from .tlsconfig import TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol, describe_tcp_failure
@@ -148,17 +149,40 @@ class ConnectAttempt(ClientFactory):
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """
-        The handshake and identity check passed: the socket is connected,
-        and the connection is C{on_connected}'s: the protocol reads nothing
-        more (what the engine holds is the bridge's to read).
+        The handshake and identity check passed: the protocol reads nothing
+        more (what the engine holds is the bridge's to read). Once the
+        revocation check passes too (L{check_server_revocation}; it may
+        wait for fetches, while the connection waits unread), the socket is
+        connected and the connection is C{on_connected}'s.
         """
         assert self._protocol is not None
         self._protocol.detach()
         if self._done:
             return
-        self._done = True
         self._stop_timer()
-        self._on_connected(self._protocol, info)
+        protocol = self._protocol
+        checked = check_server_revocation(self._reactor, self._plan.config, info)
+        if not checked.called:
+            IPushProducer(protocol.transport).pauseProducing()
+        checked.addCallbacks(lambda _: self._revocation_passed(protocol, info), self._revocation_failed)
+
+    def _revocation_passed(self, protocol: TLSStreamProtocol, info: TLSSessionInfo) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._on_connected(protocol, info)
+
+    def _revocation_failed(self, failure: Failure) -> None:
+        if self._done:
+            return
+        if failure.check(TLSFailure):
+            reason = str(failure.value.args[0])
+        else:
+            log.failure("the revocation check failed", failure)
+            reason = INTERNAL_ERROR
+        self._finish_failed(errno.EPROTO if reason != INTERNAL_ERROR else errno.ECANCELED, reason)
+        if self._protocol is not None:
+            self._protocol.fail(TLSFailure(reason))
 
     def tls_connection_lost(self, failure: BaseException | None) -> None:
         """

@@ -100,6 +100,13 @@ def parse_crl_file(source: str, data: bytes) -> list[x509.CertificateRevocationL
     return crls
 
 
+def sourced_crl(source: str, crl: x509.CertificateRevocationList) -> SourcedCRL:
+    """
+    C{crl}, read from C{source}, with the set of its serials.
+    """
+    return SourcedCRL(source, crl, frozenset(entry.serial_number for entry in crl))
+
+
 def crl_set(path: str, files: Iterable[tuple[str, bytes]]) -> CRLSet:
     """
     The L{CRLSet} of C{path} from its files' C{(name, bytes)}.
@@ -114,7 +121,7 @@ def crl_set(path: str, files: Iterable[tuple[str, bytes]]) -> CRLSet:
             for part in (source.encode(), der):
                 h.update(len(part).to_bytes(8, "big"))
                 h.update(part)
-            found.append(SourcedCRL(source, crl, frozenset(entry.serial_number for entry in crl)))
+            found.append(sourced_crl(source, crl))
     return CRLSet(path, h.digest(), tuple(found))
 
 
@@ -122,12 +129,24 @@ def crl_set(path: str, files: Iterable[tuple[str, bytes]]) -> CRLSet:
 class Revocation:
     """
     How a connection checks revocation (present only when the socket's
-    revocation checks and CRL checks are both on).
+    revocation checks are on).
 
-    @ivar crls: the policy's CRLs.
+    @ivar crls: the policy's CRLs (none when CRL checks are off).
     @ivar hard_fail: C{revocation-mode: hard-fail}: an unknown status is
         refused.
+    @ivar stapled: stapled OCSP responses are read (and must-staple
+        enforced).
+    @ivar ocsp: the OCSP responders of the certificates are asked.
+    @ivar crl: CRLs are used: C{crl-path}'s and the certificates'
+        distribution points'.
+    @ivar cached: answers fetched for earlier connections may be used.
+    @ivar timeout: seconds for each fetch (C{revocation-timeout}).
     """
 
     crls: CRLSet
     hard_fail: bool = False
+    stapled: bool = False
+    ocsp: bool = False
+    crl: bool = True
+    cached: bool = True
+    timeout: float = 5.0

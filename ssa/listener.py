@@ -22,6 +22,7 @@ from .errors import TLSFailure
 from .interfaces import IMetrics, ITLSBackend, ITLSStreamListener
 from .metrics import reason_class
 from .pathvalidation import check_client_chain
+from .stapling import Stapler
 from .tlsconfig import ServerTLSConfig, TLSSessionInfo
 from .tlsprotocol import TLSStreamProtocol
 
@@ -103,6 +104,7 @@ class Listener(Factory):
 
     noisy = False
     metrics: IMetrics | None = None
+    stapler: Stapler | None = None
 
     def __init__(
         self,
@@ -132,15 +134,26 @@ class Listener(Factory):
 
     def start(self, bound: socket.socket) -> tuple[str, int]:
         """
-        Listen on the already bound C{bound}, which the reactor takes over.
+        Listen on the already bound C{bound}, which the reactor takes over;
+        with OCSP stapling, start fetching the staples.
 
         @return: the address listened on.
+        @raise OSError: C{EPROTO} if the backend cannot staple (C{bound}
+            is closed then).
         """
+        if self.config.ocsp_stapling:
+            try:
+                self.backend.server_engine(self.config)
+            except TLSFailure as e:
+                bound.close()
+                raise OSError(errno.EPROTO, str(e.args[0])) from None
         bound.listen(self.backlog)
         bound.setblocking(False)
         address = bound.getsockname()[:2]
         self.port = self.reactor.adoptStreamPort(bound.fileno(), bound.family, self)
         bound.close()
+        if self.config.ocsp_stapling:
+            self.stapler = Stapler(self.reactor, self.config.credentials, self.config.ocsp_timeout).start()
         return address
 
     def buildProtocol(self, addr) -> TLSStreamProtocol | None:
@@ -189,6 +202,9 @@ class Listener(Factory):
             a port on a later turn), or L{None} if it was not listening.
         """
         stopped = None
+        if self.stapler is not None:
+            self.stapler.stop()
+            self.stapler = None
         if self.port is not None:
             stopped = self.port.stopListening()
             self.port = None

@@ -364,6 +364,15 @@ def _rule(message: str, chain: Sequence[x509.Certificate]) -> str:
     )
 
 
+def anchors_of(pem: bytes | None, system: bool) -> tuple[x509.Certificate, ...]:
+    """
+    The anchors of C{pem} and, if C{system}, the system's (read once).
+
+    @raise TLSFailure: C{pem} is not valid PEM.
+    """
+    return _anchors(pem, system)[2]
+
+
 VALIDATOR = PathValidator()
 """The daemon's one validator, whose cache every connection shares."""
 
@@ -372,6 +381,8 @@ def check_server_chain(config: ClientTLSConfig, name: str, info: TLSSessionInfo)
     """
     The client role: validate the server's chain for C{name} under
     C{config} (its anchors, depth and C{path_validation}) with L{VALIDATOR}.
+    Its revocation is checked after the handshake, by
+    L{ssa.revocationcheck} (it may need to fetch data).
 
     A resumed session is not checked again: its chain was checked when it
     was made, under the same configuration and name (the daemon's session
@@ -383,7 +394,7 @@ def check_server_chain(config: ClientTLSConfig, name: str, info: TLSSessionInfo)
         return
     VALIDATOR.check(
         info.peer_chain, anchors_pem=config.trust_anchors, system_store=config.use_system_store,
-        name=name, max_depth=config.verify_depth, mode=config.path_validation, revocation=config.revocation,
+        name=name, max_depth=config.verify_depth, mode=config.path_validation,
     )
 
 

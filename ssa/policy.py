@@ -72,6 +72,8 @@ class Policy:
     @ivar crl_path: C{crl-path}: the CRL file or directory (absolute), or
         L{None}.
     @ivar crls: the CRLs read from C{crl_path}, or L{None}.
+    @ivar revocation_timeout: C{revocation-timeout}, seconds for each
+        fetch of an OCSP response or a CRL.
     @ivar log_format: C{log-format}: C{text} or C{json}.
     @ivar trust_store_path: where C{trust_anchors} were read from (absolute),
         or L{None} for the system store.
@@ -109,6 +111,7 @@ class Policy:
     revocation_mode: str = "soft-fail"
     crl_path: str | None = None
     crls: CRLSet | None = None
+    revocation_timeout: float = 5.0
     log_format: str = "text"
     trust_store_path: str | None = None
     source: str = BUILT_IN
@@ -414,6 +417,7 @@ KEYS: tuple[Key, ...] = (
     Key("revocation-cached", "revocation_cached", _boolean, _render_bool),
     Key("revocation-mode", "revocation_mode", _choice("soft-fail", "hard-fail"), str),
     Key("crl-path", "crl_path", _crl_path, _render_crl_path),
+    Key("revocation-timeout", "revocation_timeout", _seconds),
     Key("connect-timeout", "connect_timeout", _seconds),
     Key("handshake-timeout", "handshake_timeout", _seconds),
     Key("max-sockets-per-client", "max_sockets_per_client", _integer(1, 2**31 - 1)),

@@ -25,8 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import CRLEntryExtensionOID, ExtensionOID
 
-from .crls import CRLSet, Revocation, SourcedCRL
+from .crls import Revocation, SourcedCRL
 from .identity import certificate_subject
+from .ocsp import GOOD, REVOKED, UNKNOWN, Status, unknown
 
 # CRL extensions the daemon understands (a critical one it does not know
 # makes the CRL unusable, RFC 5280 section 5.2).
@@ -44,38 +45,30 @@ def revocation_failure(
 ) -> str | None:
     """
     Why the built C{path} (leaf first, anchor last) is refused for
-    revocation, or L{None}.
+    revocation by the CRLs of C{revocation}, or L{None}.
     """
     for depth in range(len(path) - 1):
         certificate, issuer = path[depth], path[depth + 1]
-        crl, why = _usable_crl(certificate, issuer, revocation.crls, now)
+        status = crl_status(certificate, issuer, revocation.crls.for_issuer(issuer.subject), now)
         subject = certificate_subject(certificate)
-        if crl is not None:
-            if certificate.serial_number not in crl.serials:
-                continue
-            entry = crl.crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
-            assert entry is not None
-            problem = _entry_problem(entry)
-            if problem is None:
-                return (f"{whose} revoked: {subject} (depth {depth}) is listed on the CRL {crl.source}"
-                        f" (revoked {entry.revocation_date_utc:%Y-%m-%d %H:%M:%S} UTC{_reason(entry)})")
-            why = f"the CRL {crl.source} lists it {problem}"
-        if revocation.hard_fail:
-            return (f"{whose} revocation status unknown (revocation-mode: hard-fail): {subject}"
-                    f" (depth {depth}): {why}")
+        if status.state == REVOKED:
+            return f"{whose} revoked: {subject} (depth {depth}) {status.why}"
+        if status.state == UNKNOWN and revocation.hard_fail:
+            why = status.why or f"no CRL from its issuer {certificate_subject(issuer)} in crl-path"
+            return f"{whose} revocation status unknown (revocation-mode: hard-fail): {subject} (depth {depth}): {why}"
     return None
 
 
-def _usable_crl(
-    certificate: x509.Certificate, issuer: x509.Certificate, crls: CRLSet, now: datetime.datetime
-) -> tuple[SourcedCRL | None, str]:
+def crl_status(
+    certificate: x509.Certificate, issuer: x509.Certificate, candidates: Sequence[SourcedCRL],
+    now: datetime.datetime,
+) -> Status:
     """
-    The newest usable CRL for C{certificate} issued by C{issuer}, or
-    L{None} and why there is none.
+    What the newest usable CRL of C{candidates} says about C{certificate}
+    issued by C{issuer}: C{revoked} (C{why} names the CRL, when and why),
+    C{good} (until the CRL's nextUpdate), or C{unknown} with why no CRL
+    could be used (empty when there was none).
     """
-    candidates = crls.for_issuer(issuer.subject)
-    if not candidates:
-        return None, f"no CRL from its issuer {certificate_subject(issuer)} in crl-path"
     usable: list[SourcedCRL] = []
     reasons: list[str] = []
     for candidate in candidates:
@@ -84,9 +77,32 @@ def _usable_crl(
             usable.append(candidate)
         else:
             reasons.append(f"the CRL {candidate.source} {problem}")
-    if usable:
-        return max(usable, key=lambda c: c.crl.last_update_utc), ""
-    return None, "; ".join(reasons)
+    if not usable:
+        return unknown("; ".join(reasons))
+    crl = max(usable, key=lambda c: c.crl.last_update_utc)
+    if certificate.serial_number not in crl.serials:
+        return Status(GOOD, "", crl.crl.next_update_utc)
+    entry = crl.crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+    assert entry is not None
+    problem = _entry_problem(entry)
+    if problem is not None:
+        return unknown(f"the CRL {crl.source} lists it {problem}")
+    return Status(REVOKED, f"is listed on the CRL {crl.source} (revoked"
+                           f" {entry.revocation_date_utc:%Y-%m-%d %H:%M:%S} UTC{_reason(entry)})",
+                  crl.crl.next_update_utc)
+
+
+def crl_urls(certificate: x509.Certificate) -> list[str]:
+    """
+    The URIs of C{certificate}'s CRL distribution points (full names only;
+    the caller uses only C{http://} ones).
+    """
+    try:
+        points = certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return [name.value for point in points for name in (point.full_name or ())
+            if isinstance(name, x509.UniformResourceIdentifier)]
 
 
 def _crl_problem(
@@ -96,6 +112,8 @@ def _crl_problem(
     Why C{sourced} cannot say anything about C{certificate}, or L{None}.
     """
     crl = sourced.crl
+    if crl.issuer != issuer.subject:
+        return "is issued in another name than the certificate's issuer"
     issuer_key_id = _key_identifier(issuer)
     try:
         crl_key_id = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier

@@ -299,7 +299,9 @@ class TLSSocket:
             alpn=self.alpn,
             session_timeout=self.session_ttl if self.resumes_sessions else 0,
             path_validation=policy.path_validation,
-            revocation=self.revocation(),
+            revocation=self.client_certificate_revocation(),
+            ocsp_stapling=self.server_ocsp_stapling,
+            ocsp_timeout=policy.revocation_timeout,
         )
 
     def accepted_from(self, listener: TLSSocket, peer: tuple[str, int], session: TLSSessionInfo) -> None:
@@ -380,13 +382,28 @@ class TLSSocket:
 
     def revocation(self) -> Revocation | None:
         """
-        How this socket's peer is checked for revocation: by the policy's
-        CRLs when its revocation checks and CRL checks are both on, else
-        not at all (L{None}).
+        How this socket's peer is checked for revocation (the methods its
+        options leave on, see L{ssa.revocationcheck}), or L{None} when its
+        revocation checks are off.
         """
-        if not (self.revocation_checks and self.revocation_crl):
+        if not self.revocation_checks:
             return None
-        return Revocation(self.policy.crls or NO_CRLS, hard_fail=self.policy.revocation_mode == "hard-fail")
+        policy = self.policy
+        return Revocation(
+            (policy.crls or NO_CRLS) if self.revocation_crl else NO_CRLS,
+            hard_fail=policy.revocation_mode == "hard-fail", stapled=self.revocation_stapled,
+            ocsp=self.revocation_ocsp, crl=self.revocation_crl, cached=self.revocation_cached,
+            timeout=policy.revocation_timeout,
+        )
+
+    def client_certificate_revocation(self) -> Revocation | None:
+        """
+        How client certificates are checked for revocation (server role):
+        by the CRLs of C{crl-path} alone, when revocation and CRL checks
+        are both on; else L{None}.
+        """
+        revocation = self.revocation()
+        return revocation if revocation is not None and revocation.crl else None
 
     def connect_succeeded(self, session: TLSSessionInfo) -> None:
         """

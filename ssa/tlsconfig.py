@@ -94,6 +94,10 @@ class ServerTLSConfig:
         certificates (see L{ssa.pathvalidation}).
     @ivar revocation: how client certificates are checked for
         revocation, or L{None} (see L{ssa.revocation}).
+    @ivar ocsp_stapling: C{TLS_SERVER_OCSP_STAPLING}: staple an OCSP
+        response for the certificate (see L{ssa.stapling}).
+    @ivar ocsp_timeout: seconds for each fetch of that response (the
+        policy's C{revocation-timeout}).
     """
 
     credentials: tuple[Credential, ...]
@@ -108,6 +112,8 @@ class ServerTLSConfig:
     session_timeout: int = 300
     path_validation: str = "webpki"
     revocation: Revocation | None = None
+    ocsp_stapling: bool = False
+    ocsp_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,9 @@ class TLSSessionInfo:
     @ivar server_name: on a server, the SNI name the client sent.
     @ivar group: the negotiated key-exchange group (e.g. C{X25519}), if
         the backend can tell.
+    @ivar ocsp_response: on a client, the OCSP response the server stapled
+        (DER; C{b""} if it stapled none), or L{None} if the backend cannot
+        read stapled responses.
     """
 
     version: int
@@ -132,6 +141,7 @@ class TLSSessionInfo:
     resumed: bool = False
     server_name: str | None = None
     group: str | None = field(default=None, compare=False)  # informational: left out of equality
+    ocsp_response: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def peer_certificate(self) -> x509.Certificate | None:

@@ -198,27 +198,16 @@ class SoftFailTests(RevocationTestCase):
         self.assertIn(f"{self.config}:1: crl-path: {broken} holds no usable CRL", self.daemon.log())
         self.refused(server, "revoked", path)
 
-    def test_crl_checks_option(self) -> None:
-        """
-        TLS_CRL_CHECKS and TLS_REVOCATION_CHECKS cannot be turned off
-        where the policy turns them on (EPROTO naming the key).
-        """
-        sock = self.tls_socket()
-        for option, key in ((client.TLS_CRL_CHECKS, "revocation-crl"),
-                            (client.TLS_REVOCATION_CHECKS, "revocation-checks")):
-            failure = self.assertRaises(OSError, sock.setsockopt, TLS, option, 0)
-            self.assertEqual(failure.errno, errno.EPROTO)
-            self.assertIn(key, str(failure))
-            sock.setsockopt(TLS, option, 1)
-
 
 class CRLChecksOffTests(RevocationTestCase):
     """
-    A policy with CRL checks off: a revoked leaf passes, unless the
-    application turns the checks on for its socket.
+    A policy with CRL checks off (and OCSP, stapled or not): a revoked
+    leaf passes, unless the application turns the CRL checks on for its
+    socket.
     """
 
-    policy_text = "crl-path: crls\nrevocation-crl: disabled\nrevocation-mode: hard-fail\n"
+    policy_text = ("crl-path: crls\nrevocation-crl: disabled\nrevocation-mode: hard-fail\n"
+                   "revocation-ocsp: disabled\nrevocation-stapled: disabled\n")
 
     def test_off_unless_turned_on(self) -> None:
         server = self.server()

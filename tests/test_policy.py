@@ -159,6 +159,7 @@ revocation-crl: true
 revocation-cached: no
 revocation-mode: hard-fail
 crl-path: crls
+revocation-timeout: 1.5
 connect-timeout: 2.5
 handshake-timeout: 7
 max-sockets-per-client: 3
@@ -187,7 +188,7 @@ class KeyTests(PolicyFileCase):
             verify_depth=4, path_validation="rfc5280", app_trust_anchors="deny", verify_ip_addresses=False,
             session_resumption=False, session_tickets=True, session_timeout=0, cert_transparency=True,
             revocation_checks=True, revocation_stapled=False, revocation_ocsp=False, revocation_crl=True,
-            revocation_cached=False, revocation_mode="hard-fail", crl_path=crls, crls=crl_set(crls, []),
+            revocation_cached=False, revocation_mode="hard-fail", crl_path=crls, crls=crl_set(crls, []), revocation_timeout=1.5,
             connect_timeout=2.5, handshake_timeout=7.0,
             max_sockets_per_client=3, max_sockets_per_user=40, max_request_bytes_per_user=2 << 20,
             backend="stdlib", log_format="json",

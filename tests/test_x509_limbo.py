@@ -339,6 +339,10 @@ class X509LimboMixin:
         crls = [crl for case in cases for crl in case.get("crls") or ()]
         if crls:
             lines.append(f"crl-path: {_pem_file(directory, 'crls.pem', *crls)}")
+        # Revocation by crl-path alone: some cases' certificates name real
+        # OCSP responders and CRL distribution points, which a test must
+        # never reach (network traffic only to loopback).
+        lines.append("revocation-ocsp: disabled\nrevocation-stapled: disabled" if crls else "revocation-checks: disabled")
         policy = _pem_file(directory, "config.yml", "\n".join(lines))
         env = {}
         if when is not None:

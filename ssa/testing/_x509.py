@@ -238,8 +238,12 @@ def make_leaf(
     extended_key_usage: Iterable[str | x509.ObjectIdentifier] | None,
     hash_algorithm: hashes.HashAlgorithm,
     include_san: bool,
+    extensions: Iterable[x509.ExtensionType] = (),
 ) -> tuple[x509.Certificate, CertificateIssuerPrivateKeyTypes]:
-    """Make an end-entity certificate; C{issuer_key=None} self-signs it."""
+    """
+    Make an end-entity certificate; C{issuer_key=None} self-signs it;
+    C{extensions} are added, non-critical.
+    """
     key = generate_key(key_type, key_size)
     signer = key if issuer_key is None else issuer_key
     builder = base_builder(
@@ -270,4 +274,6 @@ def make_leaf(
             ),
             critical=False,
         )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
     return sign(builder, signer, hash_algorithm), key

@@ -212,6 +212,7 @@ class CertificateAuthority:
         permitted_dns: Iterable[str] | None = None,
         excluded_dns: Iterable[str] | None = None,
         hash_algorithm: hashes.HashAlgorithm = _SHA256,
+        extensions: Iterable[x509.ExtensionType] = (),
     ) -> CertificateAuthority:
         """
         Issue a subordinate CA signed by this one.
@@ -219,6 +220,8 @@ class CertificateAuthority:
         @param ca: C{False} marks the certificate C{CA:FALSE} (it keeps the
             keyCertSign key usage and can still sign), for the
             "intermediate that is not a CA" case.
+        @param extensions: further extensions, non-critical (e.g. the
+            authority information access and CRL distribution points).
         """
         key = generate_key(key_type, key_size)
         builder = base_builder(
@@ -228,6 +231,8 @@ class CertificateAuthority:
         builder = ca_extensions(
             builder, ca, path_length, permitted_dns, excluded_dns
         )
+        for extension in extensions:
+            builder = builder.add_extension(extension, critical=False)
         cert = sign(builder, self.key, hash_algorithm)
         return CertificateAuthority(cert, key, (cert, *self.chain), self.root)
 
@@ -244,6 +249,7 @@ class CertificateAuthority:
         ),
         hash_algorithm: hashes.HashAlgorithm = _SHA256,
         include_san: bool = True,
+        extensions: Iterable[x509.ExtensionType] = (),
     ) -> CertifiedKey:
         """
         Issue a server (end-entity) certificate.
@@ -256,12 +262,15 @@ class CertificateAuthority:
         @param hash_algorithm: signature hash; C{hashes.SHA1()} is supported
             for RSA and ECDSA issuers (see the module docstring).
         @param include_san: C{False} omits subjectAltName (CN only).
+        @param extensions: further extensions, non-critical (e.g. the
+            authority information access, CRL distribution points, TLS
+            feature).
         """
         cn = common_name or (names[0] if names else "SSA Test Server")
         cert, key = make_leaf(
             make_name(cn), self.cert.subject, self.key, names, key_type, key_size,
             not_before, not_after, extended_key_usage, hash_algorithm,
-            include_san,
+            include_san, extensions,
         )
         return CertifiedKey(cert, key, self.chain)
 
