@@ -430,9 +430,13 @@ RULES: dict[int, OptionRule] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def is_ip_literal(host: str) -> bool:
     """
     Whether C{host} is an IPv4 or IPv6 address rather than a name.
+
+    Cached: a connection asks it five times of the same name, and for a
+    name the answer costs a C{ValueError} raised and caught.
     """
     try:
         ipaddress.ip_address(host)
