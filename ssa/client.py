@@ -28,6 +28,7 @@ import os
 import socket as _socket
 import struct
 import threading
+import weakref
 from socket import (  # noqa: F401  (re-exported for callers' convenience)
     AF_INET,
     AF_INET6,
@@ -260,9 +261,16 @@ class SSASocket:
 
         @raise OSError: one of those was refused after all.
         """
+        self._send_waiting()
+        return self._id
+
+    def _send_waiting(self) -> None:
+        """
+        Send the options still waiting to travel with C{CONNECT}, now (one
+        round trip, with a C{TLS_ID} request they go before).
+        """
         if self._waiting and not self._closed:
             self._call_raw(wire.Op.GETSOCKOPT, wire.OPTION.pack(IPPROTO_TLS, TLS_ID))
-        return self._id
 
     @property
     def daemon_path(self) -> str:
@@ -491,7 +499,8 @@ class SSASocket:
             if not self._new or self._connect_attempted:
                 return False
             self._waiting.append((level, optname, data))
-            return True
+        _WITH_WAITING.add(self)
+        return True
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
         """
@@ -702,6 +711,28 @@ class SSASocket:
 _QUICK_OPS = frozenset(
     {wire.Op.SETSOCKOPT, wire.Op.GETSOCKOPT, wire.Op.BIND, wire.Op.LISTEN, wire.Op.CLOSE}
 )
+
+
+#: Sockets that may hold options waiting to travel with CONNECT.
+_WITH_WAITING: weakref.WeakSet[SSASocket] = weakref.WeakSet()
+
+
+def _send_all_waiting() -> None:
+    """
+    Before C{fork()}: send every socket's waiting options, so that parent
+    and child share a socket whose daemon-side settings are complete
+    (either may connect it; neither must send them again after).
+    A refusal is left in the socket's C{TLS_ERROR}.
+    """
+    for sock in list(_WITH_WAITING):
+        try:
+            sock._send_waiting()
+        except OSError:
+            pass
+    _WITH_WAITING.clear()
+
+
+os.register_at_fork(before=_send_all_waiting)
 
 
 def _enum(kind: Any, value: int) -> Any:

@@ -467,6 +467,31 @@ class CarriedOptionTests(DaemonTestCase):
             sock.sendall(b"ping")
             self.assertEqual(sock.recv(4), b"ping")
 
+    def test_fork_sends_them(self) -> None:
+        """
+        Before fork() the waiting options are sent, so that a child that
+        connects the shared socket has them set, and the parent, which
+        still holds none, sends nothing again afterwards (TLS_HOSTNAME is
+        refused once the socket is connecting).
+        """
+        import os
+
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    sock.connect(("127.0.0.1", server.port))
+                    sock.sendall(b"ping")
+                    code = 0 if recv_exactly(sock, 4) == b"ping" else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            self.assertEqual(sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME), "localhost")
+            self.assertIsNone(sock.getsockopt(client.IPPROTO_TLS, client.TLS_ERROR))
+
     def test_malformed_options(self) -> None:
         """
         Options cut short, or bytes after them: EINVAL, nothing set, nothing
