@@ -97,7 +97,9 @@ class _VerifyRecord:
         L{None}.
     """
 
-    __slots__ = ("config", "failure", "leaf_checked", "refusal", "staple", "verify_name")
+    __slots__ = (
+        "chain", "config", "failure", "leaf", "leaf_checked", "path_checked", "refusal", "staple", "verify_name",
+    )
 
     def __init__(self, verify_name: str | None = None) -> None:
         self.config: ClientTLSConfig | None = None
@@ -106,6 +108,12 @@ class _VerifyRecord:
         self.verify_name = verify_name
         self.refusal: TLSFailure | None = None
         self.leaf_checked = False
+        # The leaf and chain converted inside the handshake (for the checks
+        # there), kept for session_info instead of converting them again.
+        self.leaf: x509.Certificate | None = None
+        self.chain: tuple[x509.Certificate, ...] | None = None
+        # Whether the identity and path checks both passed in the handshake.
+        self.path_checked = False
 
     def accept_leaf(self, certificate: X509) -> bool:
         """
@@ -116,7 +124,7 @@ class _VerifyRecord:
         if not self.leaf_checked:
             self.leaf_checked = True
             try:
-                leaf = certificate.to_cryptography()
+                leaf = self.leaf = certificate.to_cryptography()
                 if self.verify_name is None:
                     check_readable(leaf)
                 else:
@@ -179,9 +187,11 @@ def _accept_path(connection: SSL.Connection, record: _VerifyRecord) -> bool:
     if record.config is None or record.verify_name is None or record.refusal is not None:
         return record.refusal is None
     try:
-        chain = connection.get_peer_cert_chain(as_cryptography=True)
+        chain = _peer_chain(connection, record.leaf)
         if chain:
-            check_server_chain(record.config, record.verify_name, TLSSessionInfo(0, "", tuple(chain)))
+            record.chain = chain
+            check_server_chain(record.config, record.verify_name, TLSSessionInfo(0, "", chain))
+            record.path_checked = True
     except TLSFailure as e:
         record.refusal = e
     except Exception:
@@ -208,6 +218,18 @@ def _staple(connection: SSL.Connection, data: object) -> bytes:
     """
     certificate = connection.get_certificate(as_cryptography=True)
     return STAPLES.get(certificate) if certificate is not None else b""
+
+
+def _peer_chain(connection: SSL.Connection, leaf: x509.Certificate | None) -> tuple[x509.Certificate, ...]:
+    """
+    A client connection's peer chain as C{cryptography} certificates, leaf
+    first; the leaf is C{leaf} when it was converted already (it is the
+    same certificate: OpenSSL verified this chain from it).
+    """
+    chain = connection.get_peer_cert_chain() or []
+    if leaf is None or not chain:
+        return tuple(c.to_cryptography() for c in chain)
+    return (leaf, *(c.to_cryptography() for c in chain[1:]))
 
 
 # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH.
@@ -633,16 +655,33 @@ class OpenSSLEngine:
         Describe the finished handshake.
         """
         connection = self._connection
-        chain = connection.get_peer_cert_chain(as_cryptography=True) or []
+        chain = self._record.chain
+        if chain is None:
+            chain = _peer_chain(connection, self._record.leaf)
         return TLSSessionInfo(
             version=_VERSION_CONSTANTS[connection.get_protocol_version()],
             cipher=connection.get_cipher_name() or "",
-            peer_chain=tuple(chain),
+            peer_chain=chain,
             alpn=self._alpn(),
             resumed=_session_reused(connection),
             group=_group(connection),
             ocsp_response=self._record.staple,
         )
+
+    @property
+    def verified_name(self) -> str | None:
+        """
+        The name this client connection's peer was checked for inside the
+        handshake, both its identity (L{ssa.identity.verify_identity}, which
+        also checks that the leaf can be read) and its path
+        (L{ssa.pathvalidation.check_server_chain}), on the chain that
+        L{session_info} gives; L{None} if not both were (a resumed session,
+        a server, no name to check): then the caller checks them.
+        """
+        record = self._record
+        if record.path_checked and record.leaf_checked and record.refusal is None:
+            return record.verify_name
+        return None
 
     def session(self) -> SSL.Session | None:
         """

@@ -130,9 +130,15 @@ class ControlChannel:
 
         @return: its tag.
         """
-        self._tag = self._tag % 0xFFFFFFFF + 1
-        sock.sendall(wire.encode_frame(op, self._tag, socket_id, body))
+        sock.sendall(self._frame(op, socket_id, body))
         return self._tag
+
+    def _frame(self, op: int, socket_id: int, body: bytes) -> bytes:
+        """
+        A request frame with the next tag (the caller holds L{_send_lock}).
+        """
+        self._tag = self._tag % 0xFFFFFFFF + 1
+        return wire.encode_frame(op, self._tag, socket_id, body)
 
     def discard_copy(self) -> None:
         """
@@ -177,17 +183,27 @@ class ControlChannel:
                 self._close_fds(self._pending.popleft()[1])
 
     def request(
-        self, op: int, socket_id: int, body: bytes, timeout: float | None = None, spin: bool = False
+        self,
+        op: int,
+        socket_id: int,
+        body: bytes,
+        timeout: float | None = None,
+        spin: bool = False,
+        before: tuple[tuple[int, bytes], ...] = (),
     ) -> tuple[int, bytes, list[int]]:
         """
         Send one request and wait for its reply.
 
         @param timeout: seconds to wait for the reply; C{None} waits for ever.
+        @param before: requests C{(op, body)} for the same socket to send
+            first, in the same write, without a round trip each: their
+            replies come before this one's (the daemon answers in order).
         @return: C{(errno, payload, descriptors)}; the caller owns the
             descriptors.
         @raise TimeoutError: no reply within C{timeout}.
         @raise OSError: C{EBADF} after L{close}; C{ECONNABORTED} when the
-            connection to the daemon is lost.
+            connection to the daemon is lost; the errno and reason of the
+            first request of C{before} that failed.
         @raise ValueError: the request does not fit in a frame.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -196,9 +212,16 @@ class ControlChannel:
             try:
                 sock.settimeout(None)
                 with self._send_lock:
-                    tag = self._send(sock, op, socket_id, body)
+                    frames, earlier = [], set()
+                    for first_op, first_body in before:
+                        frames.append(self._frame(first_op, socket_id, first_body))
+                        earlier.add(self._tag)
+                    frames.append(self._frame(op, socket_id, body))
+                    tag = self._tag
+                    sock.sendall(b"".join(frames))
             except OSError as e:
                 raise self._lose(e.strerror or str(e)) from None
+            failed: OSError | None = None
             while True:
                 reply, fds = self._read_frame(sock, deadline, spin)
                 if reply.tag == tag:
@@ -206,12 +229,26 @@ class ControlChannel:
                 self._close_fds(fds)
                 if reply.tag == 0:
                     self._refused(reply)
-            try:
-                code, payload = wire.decode_reply_body(reply.body)
-            except wire.FramingError as e:
+                elif reply.tag in earlier and failed is None:
+                    code, payload = self._decode(reply, [])
+                    if code:
+                        failed = reply_error(code, payload)
+            code, payload = self._decode(reply, fds)
+            if failed is not None:
                 self._close_fds(fds)
-                raise self._lose(str(e)) from None
+                raise failed
             return code, payload, fds
+
+    def _decode(self, reply: wire.Frame, fds: list[int]) -> tuple[int, bytes]:
+        """
+        A reply's errno and payload; its descriptors are closed if it cannot
+        be read (the connection is then lost).
+        """
+        try:
+            return wire.decode_reply_body(reply.body)
+        except wire.FramingError as e:
+            self._close_fds(fds)
+            raise self._lose(str(e)) from None
 
     def _refused(self, frame: wire.Frame) -> None:
         """

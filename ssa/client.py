@@ -27,6 +27,8 @@ import ipaddress
 import os
 import socket as _socket
 import struct
+import threading
+import weakref
 from socket import (  # noqa: F401  (re-exported for callers' convenience)
     AF_INET,
     AF_INET6,
@@ -54,6 +56,7 @@ from ssa.constants import (  # for create_connection / create_server
     TLS_CHOSEN_VERSION,
     TLS_ERROR,
     TLS_HOSTNAME,
+    TLS_ID,
     TLS_PEER_CERTIFICATE_CHAIN,
     TLS_PEER_IDENTITY,
     TLS_PRIVATE_KEY,
@@ -63,6 +66,7 @@ from ssa.constants import (  # for create_connection / create_server
     version_name,
 )
 from ssa.constants import __all__ as _constants_all
+from ssa.optioncheck import travels_with_connect
 from ssa.paths import client_socket_path
 
 #: Options (level IPPROTO_TLS) whose value is text: C{getsockopt} without a
@@ -217,6 +221,11 @@ class SSASocket:
         self._peer: tuple[Any, ...] | None = None
         self._sockname: tuple[Any, ...] | None = None
         self._holds_address = False  # bound or listening: close() waits for the daemon
+        # setsockopt() calls the daemon cannot refuse, not sent yet: they go
+        # with CONNECT, or before the next other request (docs/protocol.md).
+        self._waiting: list[tuple[int, int, bytes]] = []
+        self._waiting_lock = threading.Lock()
+        self._new = True  # nothing but options asked of the daemon yet
 
     # Attributes
 
@@ -245,8 +254,23 @@ class SSASocket:
     def id(self) -> int:
         """
         The daemon's id of this socket (also C{getsockopt(IPPROTO_TLS, TLS_ID)}).
+
+        It is also the handle another socket adopts this one's settings by
+        (C{TLS_CONTEXT}), so options still waiting to travel with
+        C{CONNECT} are sent first.
+
+        @raise OSError: one of those was refused after all.
         """
+        self._send_waiting()
         return self._id
+
+    def _send_waiting(self) -> None:
+        """
+        Send the options still waiting to travel with C{CONNECT}, now (one
+        round trip, with a C{TLS_ID} request they go before).
+        """
+        if self._waiting and not self._closed:
+            self._call_raw(wire.Op.GETSOCKOPT, wire.OPTION.pack(IPPROTO_TLS, TLS_ID))
 
     @property
     def daemon_path(self) -> str:
@@ -355,10 +379,16 @@ class SSASocket:
             self.setsockopt(IPPROTO_TLS, TLS_HOSTNAME, name)
         timeout = self._plain.gettimeout()
         flags = wire.CONNECT_NONBLOCKING if timeout == 0.0 else 0
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, []
+            self._connect_attempted = True
+        options = b""
+        if waiting:
+            flags |= wire.CONNECT_OPTIONS
+            options = wire.encode_options(waiting)
         body = wire.CONNECT_FLAGS.pack(flags) + wire.encode_address(
             int(self._family), host, port
-        )
-        self._connect_attempted = True
+        ) + options
         code, payload = self._call_raw(wire.Op.CONNECT, body, timeout or None)
         if code in (0, _errno.EINPROGRESS):
             self._peer = (host, port, 0, 0) if self._family == AF_INET6 else (host, port)
@@ -448,9 +478,29 @@ class SSASocket:
         """
         self._open()
         data = encode_option(level, optname, value)
-        self._call(wire.Op.SETSOCKOPT, wire.OPTION.pack(level, optname) + data)
+        if not self._wait_with(level, optname, data):
+            self._call(wire.Op.SETSOCKOPT, wire.OPTION.pack(level, optname) + data)
         if level == IPPROTO_TLS and optname == TLS_HOSTNAME:
             self._hostname_set = True
+
+    def _wait_with(self, level: int, optname: int, data: bytes) -> bool:
+        """
+        Keep the option to send with the next request instead of asking
+        now, if the daemon cannot refuse it: the socket is new (nothing
+        but options asked of it yet) and the value is one that
+        L{travels_with_connect}. Every refusal thus still comes from
+        C{setsockopt()} itself.
+
+        @return: whether it was kept.
+        """
+        if not travels_with_connect(level, optname, data):
+            return False
+        with self._waiting_lock:
+            if not self._new or self._connect_attempted:
+                return False
+            self._waiting.append((level, optname, data))
+        _WITH_WAITING.add(self)
+        return True
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None) -> Any:
         """
@@ -606,9 +656,17 @@ class SSASocket:
         Ask the daemon; return its errno and payload.
         """
         self._open()
+        before: tuple[tuple[int, bytes], ...] = ()
+        if op not in (wire.Op.SETSOCKOPT, wire.Op.GETSOCKOPT):
+            self._new = False
+        if self._waiting and op != wire.Op.CONNECT:
+            with self._waiting_lock:
+                waiting, self._waiting = self._waiting, []
+            before = tuple((wire.Op.SETSOCKOPT, wire.OPTION.pack(level, name) + value)
+                           for level, name, value in waiting)
         try:
             code, payload, fds = self._channel.request(
-                op, self._id, body, timeout, spin=op in _QUICK_OPS
+                op, self._id, body, timeout, spin=op in _QUICK_OPS, before=before
             )
         except ValueError as e:
             raise OSError(_errno.EINVAL, str(e)) from None
@@ -653,6 +711,28 @@ class SSASocket:
 _QUICK_OPS = frozenset(
     {wire.Op.SETSOCKOPT, wire.Op.GETSOCKOPT, wire.Op.BIND, wire.Op.LISTEN, wire.Op.CLOSE}
 )
+
+
+#: Sockets that may hold options waiting to travel with CONNECT.
+_WITH_WAITING: weakref.WeakSet[SSASocket] = weakref.WeakSet()
+
+
+def _send_all_waiting() -> None:
+    """
+    Before C{fork()}: send every socket's waiting options, so that parent
+    and child share a socket whose daemon-side settings are complete
+    (either may connect it; neither must send them again after).
+    A refusal is left in the socket's C{TLS_ERROR}.
+    """
+    for sock in list(_WITH_WAITING):
+        try:
+            sock._send_waiting()
+        except OSError:
+            pass
+    _WITH_WAITING.clear()
+
+
+os.register_at_fork(before=_send_all_waiting)
 
 
 def _enum(kind: Any, value: int) -> Any:

@@ -144,8 +144,9 @@ class ConnectAttempt(ClientFactory):
     # ITLSHandshakeListener
 
     def _check_session(self, info: TLSSessionInfo) -> None:
-        verify_identity(info.peer_certificate, self._plan.verify_name)
-        check_server_chain(self._plan.config, self._plan.verify_name, info)
+        if not _checked_in_handshake(self._protocol, self._plan.verify_name):
+            verify_identity(info.peer_certificate, self._plan.verify_name)
+            check_server_chain(self._plan.config, self._plan.verify_name, info)
 
     def tls_handshake_completed(self, info: TLSSessionInfo) -> None:
         """
@@ -212,3 +213,15 @@ class ConnectAttempt(ClientFactory):
         self._done = True
         self._stop_timer()
         self._on_failed(err, reason)
+
+
+def _checked_in_handshake(protocol: TLSStreamProtocol | None, name: str) -> bool:
+    """
+    Whether C{protocol}'s engine already checked the peer's identity for
+    C{name} and its path under the connection's configuration, inside the
+    handshake (C{verified_name}, optional for engines: see
+    L{backends.openssl.OpenSSLEngine.verified_name}), so that doing it
+    again would only repeat the same checks on the same certificates.
+    """
+    engine = None if protocol is None else protocol.engine
+    return getattr(engine, "verified_name", None) == name

@@ -7,14 +7,14 @@ failure is a L{TLSFailure}, never another exception.
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 from service_identity import VerificationError
-from service_identity.cryptography import (
-    verify_certificate_hostname,
-    verify_certificate_ip_address,
-)
+from service_identity.cryptography import extract_patterns
+from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identity
 
 from . import der
 from .errors import TLSFailure
@@ -39,7 +39,21 @@ def check_readable(certificate: x509.Certificate) -> None:
     issuer, every extension) can be parsed: C{cryptography} parses
     extensions only when asked, and may refuse what OpenSSL accepted.
 
+    The verdict is kept per certificate (L{_unreadable}): it depends on
+    its bytes only, and a server presents the same leaf to every connection.
+
     @raise TLSFailure: they cannot, naming the certificate and the problem.
+    """
+    reason = _unreadable(certificate)
+    if reason is not None:
+        raise TLSFailure(reason)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unreadable(certificate: x509.Certificate) -> str | None:
+    """
+    Why C{certificate} cannot be read (L{check_readable}), or L{None}.
+    Certificates hash and compare by their DER.
     """
     try:
         _ = (certificate.subject, certificate.issuer, certificate.extensions)
@@ -51,9 +65,8 @@ def check_readable(certificate: x509.Certificate) -> None:
             what = f"its {bad[0]} extension is malformed ({e})"
         elif bad:
             what = f"its {', '.join(bad)} extensions are malformed ({e})"
-        raise TLSFailure(
-            f"the certificate ({certificate_subject(certificate)}) cannot be parsed: {what}"
-        ) from None
+        return f"the certificate ({certificate_subject(certificate)}) cannot be parsed: {what}"
+    return None
 
 
 # The names of the extensions cryptography knows, for reasons.
@@ -124,22 +137,40 @@ def verify_identity(leaf: x509.Certificate | None, name: str) -> None:
     if leaf is None:
         raise TLSFailure(f"the peer sent no certificate to verify {name} against")
     check_readable(leaf)
-    subject = certificate_subject(leaf)
     try:
-        if is_ip_literal(name):
-            verify_certificate_ip_address(leaf, name)
-        else:
-            verify_certificate_hostname(leaf, name)
+        # What service_identity's verify_certificate_hostname and
+        # verify_certificate_ip_address do, with the certificate's names
+        # parsed once per certificate; the name is matched every time.
+        verify_service_identity(cert_patterns=_patterns(leaf), obligatory_ids=[_service_id(name)], optional_ids=[])
     except VerificationError:
+        subject = certificate_subject(leaf)
         raise TLSFailure(
             f"hostname mismatch: the certificate ({subject}) is valid for "
             f"{_names(leaf)}, not for {name}"
         ) from None
     except Exception as e:  # CertificateError, or what cryptography raises
+        subject = certificate_subject(leaf)
         raise TLSFailure(
             f"hostname mismatch: the certificate ({subject}) cannot be "
             f"verified for {name}: {e}"
         ) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _patterns(leaf: x509.Certificate) -> tuple:
+    """
+    The names C{leaf} is valid for, as C{service_identity} patterns
+    (its subjectAltName DNS, IP, URI and SRV names).
+    """
+    return tuple(extract_patterns(leaf))
+
+
+@functools.lru_cache(maxsize=1024)
+def _service_id(name: str) -> DNS_ID | IPAddress_ID:
+    """
+    C{service_identity}'s identity for C{name}, an IP literal or a DNS name.
+    """
+    return IPAddress_ID(name) if is_ip_literal(name) else DNS_ID(name)
 
 
 def _names(leaf: x509.Certificate) -> str:

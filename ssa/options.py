@@ -23,15 +23,14 @@ from . import cipher_names, credentials
 from . import constants as c
 from .constants import SocketState
 from .errors import SSAError
+from .optioncheck import INT, check_hostname, decode_text
 from .tlsconfig import chain_pem, subject_line
 
 if TYPE_CHECKING:
     from .policy import Policy
     from .tlsconfig import TLSSessionInfo
 
-INT = struct.Struct("i")
 U64 = struct.Struct("Q")
-MAX_HOSTNAME = 255
 
 S = SocketState
 ANY = frozenset({S.NEW, S.CONNECTING, S.CONNECTED, S.DISCONNECTED, S.LISTENING, S.ERROR})
@@ -88,20 +87,6 @@ class OptionRule:
     getter: Callable[[TLSSocket], bytes] | None = None
 
 
-def decode_text(name: str, value: bytes) -> str:
-    """
-    Decode a NUL-terminated (or plain) string value.
-    """
-    if value.endswith(b"\0"):
-        value = value[:-1]
-    if b"\0" in value:
-        raise SSAError(errno.EINVAL, f"{name}: the value has a NUL byte inside it")
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise SSAError(errno.EINVAL, f"{name}: the value is not UTF-8 text") from None
-
-
 def encode_text(text: str) -> bytes:
     """
     Encode a string value, NUL-terminated as C expects.
@@ -128,14 +113,7 @@ def encode_int(number: int) -> bytes:
 
 
 def _set_hostname(sock: TLSSocket, value: bytes) -> None:
-    name = decode_text("TLS_HOSTNAME", value)
-    if not name:
-        raise SSAError(errno.EINVAL, "TLS_HOSTNAME: the hostname is empty")
-    if len(name.encode("utf-8")) > MAX_HOSTNAME:
-        raise SSAError(errno.EINVAL, f"TLS_HOSTNAME: longer than {MAX_HOSTNAME} bytes")
-    if any(ch.isspace() for ch in name):
-        raise SSAError(errno.EINVAL, f"TLS_HOSTNAME: {name!r} contains white space")
-    sock.hostname = name
+    sock.hostname = check_hostname(value)
 
 
 def _get_hostname(sock: TLSSocket) -> bytes:
@@ -430,9 +408,13 @@ RULES: dict[int, OptionRule] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
 def is_ip_literal(host: str) -> bool:
     """
     Whether C{host} is an IPv4 or IPv6 address rather than a name.
+
+    Cached: a connection asks it five times of the same name, and for a
+    name the answer costs a C{ValueError} raised and caught.
     """
     try:
         ipaddress.ip_address(host)

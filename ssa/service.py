@@ -324,7 +324,7 @@ class SocketService:
         offered = None
         if entry.sock.resumes_sessions:
             entry.session_key = session_key(entry.sock.owner, plan)
-            offered = self.sessions.get(entry.session_key, self.reactor.seconds())
+            offered = self.sessions.take(entry.session_key, self.reactor.seconds())
         entry.attempt = ConnectAttempt(
             self.reactor, self.backend, plan, policy.connect_timeout, policy.handshake_timeout,
             lambda protocol, info: self._connected(entry, protocol, info),

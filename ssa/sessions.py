@@ -7,6 +7,15 @@ the application's identity (uid and executable), the server (host, port
 and SNI name) and the whole L{ssa.tlsconfig.ClientTLSConfig}, so a session
 never crosses to another application or to different TLS settings (other
 trust anchors, versions or ciphers).
+
+Each key holds a small pool of sessions, and each session is offered once:
+L{SessionCache.take} removes the session it returns. TLS 1.3 tickets are
+meant for one use (RFC 8446, appendix C.4: reusing one links connections),
+and OpenSSL's client cache retires a TLS 1.3 session once a connection that
+resumed it receives its successor; so concurrent connections to one server
+each need their own ticket. Every connection stores the session it ends
+with, so the pool refills as fast as it is drawn from, and a burst of
+concurrent connections grows it up to L{POOL_SIZE}.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from .peer import PeerIdentity
 from .sockets import ConnectPlan
 
 DEFAULT_SIZE = 10_000
+POOL_SIZE = 64
 
 
 def session_key(owner: PeerIdentity, plan: ConnectPlan) -> Hashable:
@@ -29,43 +39,75 @@ def session_key(owner: PeerIdentity, plan: ConnectPlan) -> Hashable:
 
 class SessionCache:
     """
-    A bounded least-recently-used map from keys to sessions, each with its
-    own expiry time.
+    Bounded pools of single-use sessions, one pool per key, each session
+    with its own expiry time; the least recently used keys go first.
     """
 
-    def __init__(self, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, size: int = DEFAULT_SIZE, pool_size: int = POOL_SIZE) -> None:
         """
-        @param size: the most sessions kept; the least recently used go first.
+        @param size: the most sessions kept in all; the pools of the least
+            recently used keys go first.
+        @param pool_size: the most sessions kept per key; the oldest go first.
         """
         self._size = size
-        self._entries: OrderedDict[Hashable, tuple[object, float]] = OrderedDict()
+        self._pool_size = pool_size
+        self._count = 0
+        self._pools: OrderedDict[Hashable, list[tuple[object, float]]] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """
+        How many sessions are kept, all keys together.
+        """
+        return self._count
 
-    def get(self, key: Hashable, now: float) -> object | None:
+    def take(self, key: Hashable, now: float) -> object | None:
         """
-        The session stored under C{key}, or L{None} if there is none or it
-        expired by C{now}.
+        Remove and return the newest session stored under C{key} that has
+        not expired by C{now}, or L{None} if there is none. Expired ones
+        found on the way are dropped.
         """
-        entry = self._entries.get(key)
-        if entry is None:
+        pool = self._pools.get(key)
+        if pool is None:
             return None
-        session, expires = entry
-        if now >= expires:
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return session
+        found = None
+        while pool:
+            session, expires = pool.pop()
+            self._count -= 1
+            if now < expires:
+                found = session
+                break
+        # The oldest of a pool expire first: drop them before they are reached.
+        while pool and now >= pool[0][1]:
+            del pool[0]
+            self._count -= 1
+        if pool:
+            self._pools.move_to_end(key)
+        else:
+            del self._pools[key]
+        return found
 
     def put(self, key: Hashable, session: object | None, now: float, ttl: float) -> None:
         """
-        Store C{session} under C{key} until C{now + ttl}, replacing any
-        earlier one; a L{None} session or a TTL of 0 or less stores nothing.
+        Add C{session} to C{key}'s pool until C{now + ttl}; a L{None}
+        session or a TTL of 0 or less stores nothing. A full pool drops its
+        oldest session.
         """
         if session is None or ttl <= 0:
             return
-        self._entries[key] = (session, now + ttl)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._size:
-            self._entries.popitem(last=False)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = []
+        else:
+            self._pools.move_to_end(key)
+        pool.append((session, now + ttl))
+        self._count += 1
+        if len(pool) > self._pool_size:
+            del pool[0]
+            self._count -= 1
+        while self._count > self._size:
+            oldest = next(iter(self._pools))
+            victims = self._pools[oldest]
+            del victims[0]
+            self._count -= 1
+            if not victims:
+                del self._pools[oldest]

@@ -117,7 +117,9 @@ class TLSStreamProtocol(Protocol):
         """
         try:
             info = self.engine.session_info()
-            if info.peer_certificate is not None:
+            # An engine that verified the peer inside the handshake checked
+            # its leaf readable there (verify_identity does).
+            if info.peer_certificate is not None and getattr(self.engine, "verified_name", None) is None:
                 check_readable(info.peer_certificate)
             self._check_session(info)
         except TLSFailure:

@@ -32,6 +32,10 @@ SOCKET_ARGS = struct.Struct("!iii")
 OPTION = struct.Struct("!ii")
 CONNECT_FLAGS = struct.Struct("!B")
 CONNECT_NONBLOCKING = 1
+#: CONNECT flag: options to set first follow the address (L{encode_options}).
+CONNECT_OPTIONS = 2
+OPTION_COUNT = struct.Struct("!H")
+OPTION_ENTRY = struct.Struct("!iiI")
 NEW_SOCKET = struct.Struct("!Q")
 BACKLOG = struct.Struct("!i")
 ACCEPT_FLAGS = struct.Struct("!B")
@@ -205,3 +209,41 @@ def decode_address(data: bytes) -> tuple[tuple[int, str, int], bytes]:
         raise ValueError("truncated address")
     host = data[ADDRESS.size : end].decode("utf-8")
     return (family, host, port), data[end:]
+
+
+def encode_options(options: list[tuple[int, int, bytes]]) -> bytes:
+    """
+    Encode C{(level, name, value)} options for a CONNECT that carries them:
+    a count, then each option's level, name, value length and value.
+    """
+    parts = [OPTION_COUNT.pack(len(options))]
+    for level, name, value in options:
+        parts.append(OPTION_ENTRY.pack(level, name, len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def decode_options(data: bytes) -> list[tuple[int, int, bytes]]:
+    """
+    Decode what L{encode_options} made, all of it.
+
+    @raise ValueError: the bytes do not hold exactly that.
+    """
+    if len(data) < OPTION_COUNT.size:
+        raise ValueError("truncated options")
+    (count,) = OPTION_COUNT.unpack_from(data)
+    offset = OPTION_COUNT.size
+    options = []
+    for _ in range(count):
+        if len(data) < offset + OPTION_ENTRY.size:
+            raise ValueError("truncated options")
+        level, name, size = OPTION_ENTRY.unpack_from(data, offset)
+        offset += OPTION_ENTRY.size
+        if len(data) < offset + size:
+            raise ValueError("truncated option value")
+        options.append((level, name, data[offset : offset + size]))
+        offset += size
+    if offset != len(data):
+        raise ValueError("bytes after the options")
+    return options
+

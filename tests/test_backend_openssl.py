@@ -626,6 +626,40 @@ class OpenSSLServerEngineTests(SynchronousTestCase):
         )
         self.assertEqual(clientInfo.cipher, serverInfo.cipher)
 
+    def test_verifiedInHandshake(self) -> None:
+        """
+        A client engine given a name checks the server's identity and path
+        inside a full handshake and says so (C{verified_name}), so the
+        daemon does not check them again; the chain it converted for that is
+        the one C{session_info} gives, not converted again. A resumed
+        handshake, an engine without a name and a server say L{None}: their
+        callers check.
+        """
+        config = ServerTLSConfig((EC_CREDENTIAL,))
+        client = self.backend.client_engine(_trusting(CA[0]), "localhost", verify_name="localhost")
+        server = self.backend.server_engine(config)
+        _pump(client, server)
+        self.assertEqual(client.verified_name, "localhost")
+        info = client.session_info()
+        self.assertEqual(info.peer_chain, (LEAF[0], CA[0]))
+        self.assertIs(client.session_info().peer_chain, info.peer_chain)
+        self.assertIsNone(server.verified_name)
+        server.write(b"ticket first")
+        self.assertEqual(_flush(server, client), b"ticket first")
+        session = client.session()
+        self.assertIsNotNone(session)
+
+        resumed = self.backend.client_engine(_trusting(CA[0]), "localhost", session, verify_name="localhost")
+        _pump(resumed, self.backend.server_engine(config))
+        self.assertTrue(resumed.session_info().resumed)
+        self.assertIsNone(resumed.verified_name)
+        self.assertEqual(resumed.session_info().peer_chain[0], LEAF[0])
+
+        unnamed = self.backend.client_engine(_trusting(CA[0]), "localhost")
+        _pump(unnamed, self.backend.server_engine(config))
+        self.assertIsNone(unnamed.verified_name)
+        self.assertEqual(unnamed.session_info().peer_chain, (LEAF[0], CA[0]))
+
     def test_tls12(self) -> None:
         """
         TLS 1.2 works, with the server's cipher order.

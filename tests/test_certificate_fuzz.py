@@ -183,3 +183,43 @@ class CertificateFuzzTests(SynchronousTestCase):
         garbage = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x05junk")
         failure = self.assertRaises(TLSFailure, check_readable, with_extension(_CA, _LEAF, garbage).cert)
         self.assertIn("subject alternative name extension is malformed", failure.reason)
+
+
+class CachedParsingTests(SynchronousTestCase):
+    """
+    What L{verify_identity} and L{check_readable} keep per certificate (its
+    parse, its names) never turns into a verdict for another name or for
+    another certificate.
+    """
+
+    def test_name_matched_every_time(self) -> None:
+        """
+        The same leaf, asked alternately for names it holds and names it
+        does not, passes and fails each time, a fresh copy of it too; the
+        second and later asks reuse its parsed names.
+        """
+        der_bytes = _LEAF.cert.public_bytes(serialization.Encoding.DER)
+        for _ in range(2):
+            for cert in (_LEAF.cert, x509.load_der_x509_certificate(der_bytes)):
+                verify_identity(cert, "www.example.test")
+                verify_identity(cert, "::1")
+                failure = self.assertRaises(TLSFailure, verify_identity, cert, "other.test")
+                self.assertIn("not for other.test", failure.reason)
+                self.assertRaises(TLSFailure, verify_identity, cert, "127.0.0.2")
+                self.assertRaises(TLSFailure, verify_identity, cert, "a.b.example.test")
+        from ssa.identity import _patterns
+
+        self.assertGreater(_patterns.cache_info().hits, 0)
+
+    def test_unreadable_refused_every_time(self) -> None:
+        """
+        A certificate that cannot be parsed is refused on every check, with
+        the same reason, while a readable one passes.
+        """
+        garbage = x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, b"\x30\x05junk")
+        bad = with_extension(_CA, _LEAF, garbage).cert
+        reasons = {self.assertRaises(TLSFailure, check_readable, bad).reason for _ in range(3)}
+        self.assertEqual(len(reasons), 1)
+        self.assertIn("malformed", reasons.pop())
+        self.assertRaises(TLSFailure, verify_identity, bad, "localhost")
+        check_readable(_LEAF.cert)

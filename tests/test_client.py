@@ -97,14 +97,27 @@ class FakeDaemon:
 
     def options(self, op: int) -> list[tuple[int, int, bytes]]:
         """
-        The C{(level, optname, value)} of every request of C{op}.
+        The C{(level, optname, value)} of every request of C{op}; for
+        C{SETSOCKOPT}, with the options that CONNECTs carried, in order:
+        every option the daemon was asked to set.
         """
         found = []
         for _, frame in self.requests:
             if frame.op == op:
                 level, optname = wire.OPTION.unpack_from(frame.body)
                 found.append((level, optname, frame.body[wire.OPTION.size :]))
+            elif frame.op == Op.CONNECT and op == Op.SETSOCKOPT:
+                found += self.carried(frame)
         return found
+
+    @staticmethod
+    def carried(frame: Frame) -> list[tuple[int, int, bytes]]:
+        """
+        The options a CONNECT carries (none without C{CONNECT_OPTIONS}).
+        """
+        (flags,) = wire.CONNECT_FLAGS.unpack_from(frame.body)
+        _, rest = wire.decode_address(frame.body[wire.CONNECT_FLAGS.size :])
+        return wire.decode_options(rest) if flags & wire.CONNECT_OPTIONS else []
 
     def only(self, op: int) -> Frame:
         """
@@ -461,6 +474,7 @@ class OptionTests(ClientTestCase):
         """
         sock = self.socket()
         sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "exämple.com")
+        sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, 64)  # sends it first
         frame = self.daemon.only(Op.SETSOCKOPT)
         self.assertEqual(frame.socket_id, sock.id)
         self.assertEqual(frame.body, wire.OPTION.pack(205, 85) + "exämple.com".encode() + b"\0")
@@ -477,6 +491,7 @@ class OptionTests(ClientTestCase):
         sock.setsockopt(client.IPPROTO_TLS, client.TLS_VERSION_MIN, client.TLS_1_3)
         sock.setsockopt(client.IPPROTO_TLS, client.TLS_CONTEXT, 2**63 + 7)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, 64)  # sends TCP_NODELAY first
         self.assertEqual(
             self.daemon.options(Op.SETSOCKOPT),
             [
@@ -673,11 +688,14 @@ class ConnectTests(ClientTestCase):
     """
 
     def connect_frame(self) -> tuple[int, tuple[int, str, int]]:
+        """
+        The one CONNECT's flags (but C{CONNECT_OPTIONS}) and address.
+        """
         frame = self.daemon.only(Op.CONNECT)
         (flags,) = wire.CONNECT_FLAGS.unpack_from(frame.body)
         address, rest = wire.decode_address(frame.body[wire.CONNECT_FLAGS.size :])
-        self.assertEqual(rest, b"")
-        return flags, address
+        self.assertEqual(bool(rest), bool(flags & wire.CONNECT_OPTIONS))
+        return flags & ~wire.CONNECT_OPTIONS, address
 
     def test_ip_literal(self) -> None:
         """
@@ -707,7 +725,7 @@ class ConnectTests(ClientTestCase):
         """
         sock = self.socket()
         sock.connect(("localhost", 8443))
-        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.SETSOCKOPT, Op.CONNECT])
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CONNECT])  # carried by CONNECT
         self.assertEqual(self.daemon.options(Op.SETSOCKOPT), [(205, 85, b"localhost\0")])
         self.assertEqual(self.connect_frame(), (0, (socket.AF_INET, "127.0.0.1", 8443)))
 
@@ -821,6 +839,100 @@ class ConnectTests(ClientTestCase):
         self.assertIn(f"lost the connection to the SSA daemon at {self.daemon.path}", str(e))
         e = self.assertRaises(ConnectionAbortedError, sock.getsockopt, 205, 96)
         self.assertIn(self.daemon.path, str(e))
+
+
+class WaitingOptionTests(ClientTestCase):
+    """
+    Options the daemon cannot refuse on a new socket wait in the client and
+    travel with CONNECT, or go first with the next other request, in one
+    write; every other option, and any value the client's check refuses,
+    is asked at once (docs/protocol.md, "Options that travel with CONNECT").
+    """
+
+    def test_carried_by_connect(self) -> None:
+        """
+        TLS_HOSTNAME, network options and TLS_SESSION_REUSE 0 cost no round
+        trip: CONNECT carries them, in the order they were set.
+        """
+        sock = self.socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "example.com")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 0)
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET])
+        sock.connect(("127.0.0.1", 8443))
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CONNECT])
+        frame = self.daemon.only(Op.CONNECT)
+        self.assertTrue(wire.CONNECT_FLAGS.unpack_from(frame.body)[0] & wire.CONNECT_OPTIONS)
+        self.assertEqual(
+            self.daemon.carried(frame),
+            [(205, 85, b"example.com\0"), (socket.IPPROTO_TCP, socket.TCP_NODELAY, struct.pack("i", 1)),
+             (205, 108, struct.pack("i", 0))],
+        )
+        # Connected: options go at once again.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CONNECT, Op.SETSOCKOPT])
+
+    def test_asked_at_once(self) -> None:
+        """
+        Options a policy or a parse could refuse go at once, after those
+        that waited (sent in the same write, their replies checked); so do
+        values the client's check refuses, whose error is the daemon's.
+        """
+        sock = self.socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "example.com")
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 1)
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.SETSOCKOPT, Op.SETSOCKOPT])
+        self.assertEqual(self.daemon.options(Op.SETSOCKOPT),
+                         [(205, 85, b"example.com\0"), (205, 108, struct.pack("i", 1))])
+        self.daemon.script((Op.SETSOCKOPT, 205, 85), Reply(errno.EINVAL, b"TLS_HOSTNAME: 'a b' contains white space"))
+        error = self.assertRaises(OSError, sock.setsockopt, client.IPPROTO_TLS, client.TLS_HOSTNAME, "a b")
+        self.assertEqual(error.errno, errno.EINVAL)
+        self.assertEqual(self.daemon.ops()[-1], Op.SETSOCKOPT)
+        self.assertRaises(OSError, sock.setsockopt, client.IPPROTO_TLS, client.TLS_HOSTNAME, "")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, -1)
+        self.assertEqual(self.daemon.ops().count(Op.SETSOCKOPT), 5)
+
+    def test_sent_before_other_requests(self) -> None:
+        """
+        A getsockopt (or bind, listen, ...) sends the waiting options first,
+        so it sees them; a refusal of one (the daemon lost the socket, say)
+        is that call's error.
+        """
+        sock = self.socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "example.com")
+        self.daemon.script((Op.GETSOCKOPT, 205, 85), Reply(payload=b"example.com\0"))
+        self.assertEqual(sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME), "example.com")
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.SETSOCKOPT, Op.GETSOCKOPT])
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.daemon.script((Op.SETSOCKOPT, socket.IPPROTO_TCP, socket.TCP_NODELAY), Reply(errno.EBADF, b"gone"))
+        error = self.assertRaises(OSError, sock.bind, ("127.0.0.1", 0))
+        self.assertEqual((error.errno, error.strerror), (errno.EBADF, "gone"))
+        self.assertEqual(self.daemon.ops()[-2:], [Op.SETSOCKOPT, Op.BIND])
+        # Asked to bind (even though that call failed): options go at once.
+        self.assertRaises(OSError, sock.setsockopt, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.assertEqual(self.daemon.ops()[-2:], [Op.BIND, Op.SETSOCKOPT])
+
+    def test_id_sends_them(self) -> None:
+        """
+        The socket's id is the handle another socket adopts its settings by
+        (TLS_CONTEXT): asking for it sends what waited.
+        """
+        sock = self.socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "example.com")
+        self.assertEqual(sock.id, 0x1001)
+        self.assertEqual(self.daemon.options(Op.SETSOCKOPT), [(205, 85, b"example.com\0")])
+        self.assertEqual(sock.id, 0x1001)
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.SETSOCKOPT, Op.GETSOCKOPT])
+
+    def test_closed_unsent(self) -> None:
+        """
+        Closing a socket drops what waited: the daemon is not asked.
+        """
+        sock = self.socket()
+        sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "example.com")
+        sock.close()
+        self.daemon.wait_for(lambda: Op.CLOSE in self.daemon.ops())
+        self.assertEqual(self.daemon.ops(), [Op.SOCKET, Op.CLOSE])
 
 
 class CommandTests(ClientTestCase):

@@ -410,6 +410,104 @@ class FailureTests(DaemonTestCase):
         self.assertIn(b"not known", payload)
 
 
+class CarriedOptionTests(DaemonTestCase):
+    """
+    Options that travel with CONNECT (docs/protocol.md): set by the daemon
+    before it connects, in order, as SETSOCKOPTs would have been; one it
+    refuses fails the CONNECT and nothing connects.
+    """
+
+    def raw_connect(self, sock: client.SSASocket, port: int, options: bytes) -> tuple[int, bytes]:
+        """
+        Send CONNECT for C{sock} to 127.0.0.1:C{port} carrying the encoded
+        C{options}; the daemon's errno and payload.
+        """
+        from ssa import wire
+
+        body = (wire.CONNECT_FLAGS.pack(wire.CONNECT_OPTIONS) + wire.encode_address(socket.AF_INET, "127.0.0.1", port)
+                + options)
+        code, payload, _ = sock._channel.request(wire.Op.CONNECT, sock.id, body)
+        return code, payload
+
+    def test_applied_before_connecting(self) -> None:
+        """
+        A carried TLS_HOSTNAME is the name verified (a wrong one fails the
+        handshake); carried TCP_NODELAY and TLS_SESSION_REUSE read back.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE, 0)
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"ping")
+            self.assertEqual(sock.recv(4), b"ping")
+            self.assertEqual(sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME), "localhost")
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
+            self.assertEqual(sock.getsockopt(client.IPPROTO_TLS, client.TLS_SESSION_REUSE), 0)
+            self.assertConnectFails(self.trusting_socket("wrong.example"), ("127.0.0.1", server.port),
+                                    errno.EPROTO, "wrong.example")
+
+    def test_refused_option_fails_connect(self) -> None:
+        """
+        A carried option the daemon refuses fails CONNECT with its errno and
+        reason (also TLS_ERROR), before connecting: the socket is still new
+        and connects afterwards.
+        """
+        from ssa import wire
+
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket(hostname=None)
+            code, payload = self.raw_connect(
+                sock, server.port, wire.encode_options([(client.IPPROTO_TLS, client.TLS_HOSTNAME, b"a b\0")]))
+            self.assertEqual(code, errno.EINVAL)
+            self.assertIn(b"TLS_HOSTNAME", payload)
+            self.assertIn("white space", sock.getsockopt(client.IPPROTO_TLS, client.TLS_ERROR))
+            sock.setsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME, "localhost")
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(b"ping")
+            self.assertEqual(sock.recv(4), b"ping")
+
+    def test_fork_sends_them(self) -> None:
+        """
+        Before fork() the waiting options are sent, so that a child that
+        connects the shared socket has them set, and the parent, which
+        still holds none, sends nothing again afterwards (TLS_HOSTNAME is
+        refused once the socket is connecting).
+        """
+        import os
+
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            sock = self.trusting_socket()
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    sock.connect(("127.0.0.1", server.port))
+                    sock.sendall(b"ping")
+                    code = 0 if recv_exactly(sock, 4) == b"ping" else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.waitstatus_to_exitcode(status), 0)
+            self.assertEqual(sock.getsockopt(client.IPPROTO_TLS, client.TLS_HOSTNAME), "localhost")
+            self.assertIsNone(sock.getsockopt(client.IPPROTO_TLS, client.TLS_ERROR))
+
+    def test_malformed_options(self) -> None:
+        """
+        Options cut short, or bytes after them: EINVAL, nothing set, nothing
+        connected.
+        """
+        from ssa import wire
+
+        sock = self.trusting_socket(hostname=None)
+        whole = wire.encode_options([(client.IPPROTO_TLS, client.TLS_HOSTNAME, b"localhost\0")])
+        for options in (whole[:-1], whole + b"x", b"\0"):
+            code, payload = self.raw_connect(sock, 1, options)
+            self.assertEqual(code, errno.EINVAL)
+            self.assertIn(b"malformed CONNECT request", payload)
+        self.assertRaises(OSError, sock.getsockopt, client.IPPROTO_TLS, client.TLS_HOSTNAME)
+
+
 def delaying_relay(testcase, target: tuple[str, int], delay: float) -> int:
     """
     A TCP relay on loopback that waits C{delay} seconds before passing a

@@ -30,7 +30,7 @@ PLAN = ConnectPlan("127.0.0.1", 443, "example.com", "example.com", ClientTLSConf
 
 class SessionCacheTests(SynchronousTestCase):
     """
-    L{SessionCache}: keyed, bounded, expiring.
+    L{SessionCache}: keyed, pooled, single-use, bounded, expiring.
     """
 
     def test_keying(self) -> None:
@@ -40,12 +40,6 @@ class SessionCacheTests(SynchronousTestCase):
         """
         cache = SessionCache()
         key = session_key(APP, PLAN)
-        cache.put(key, "s1", now=0, ttl=300)
-        self.assertEqual(cache.get(session_key(APP, PLAN), 1), "s1")
-        self.assertEqual(
-            cache.get(session_key(PeerIdentity(pid=2, uid=1000, gid=1000, executable="/usr/bin/app"), PLAN), 1),
-            "s1",
-        )
         others = [
             session_key(PeerIdentity(pid=1, uid=1001, gid=1000, executable="/usr/bin/app"), PLAN),
             session_key(PeerIdentity(pid=1, uid=1000, gid=1000, executable="/usr/bin/other"), PLAN),
@@ -55,49 +49,84 @@ class SessionCacheTests(SynchronousTestCase):
             session_key(APP, ConnectPlan("127.0.0.1", 443, "example.com", "example.com",
                                          ClientTLSConfig(trust_anchors=b"pem"))),
         ]
+        cache.put(key, "s1", now=0, ttl=300)
         for other in others:
-            self.assertIsNone(cache.get(other, 1))
+            self.assertIsNone(cache.take(other, 1))
+        self.assertEqual(
+            cache.take(session_key(PeerIdentity(pid=2, uid=1000, gid=1000, executable="/usr/bin/app"), PLAN), 1),
+            "s1",
+        )
+
+    def test_single_use_pool(self) -> None:
+        """
+        A key holds several sessions; each is taken once, the newest first,
+        and an empty pool gives L{None}.
+        """
+        cache = SessionCache()
+        for session in ("s1", "s2", "s3"):
+            cache.put("k", session, now=0, ttl=300)
+        self.assertEqual(len(cache), 3)
+        self.assertEqual([cache.take("k", 1) for _ in range(4)], ["s3", "s2", "s1", None])
+        self.assertEqual(len(cache), 0)
+
+    def test_pool_bound(self) -> None:
+        """
+        A full pool drops its oldest session for a new one.
+        """
+        cache = SessionCache(pool_size=2)
+        for session in ("s1", "s2", "s3"):
+            cache.put("k", session, now=0, ttl=300)
+        self.assertEqual(len(cache), 2)
+        self.assertEqual([cache.take("k", 1) for _ in range(3)], ["s3", "s2", None])
 
     def test_expiry(self) -> None:
         """
-        A session is gone once its TTL has passed; a TTL of 0 or no session
-        stores nothing.
+        A session is gone once its TTL has passed, and expired ones are
+        never offered; a TTL of 0 or no session stores nothing.
         """
         cache = SessionCache()
         cache.put("k", "s", now=100, ttl=10)
-        self.assertEqual(cache.get("k", 109.9), "s")
-        self.assertIsNone(cache.get("k", 110))
+        self.assertEqual(cache.take("k", 109.9), "s")
+        cache.put("k", "old", now=100, ttl=10)
+        cache.put("k", "new", now=105, ttl=10)
+        cache.put("k", "short", now=105, ttl=1)
+        self.assertEqual(cache.take("k", 110), "new")
         self.assertEqual(len(cache), 0)
+        self.assertIsNone(cache.take("k", 110))
         cache.put("k", "s", now=100, ttl=0)
         cache.put("j", None, now=100, ttl=10)
         self.assertEqual(len(cache), 0)
 
     def test_lru_bound(self) -> None:
         """
-        Past its size the least recently used session goes first; a get
-        counts as a use, and a put replaces.
+        Past its size the sessions of the least recently used key go first;
+        a take or a put counts as a use.
         """
-        cache = SessionCache(size=2)
+        cache = SessionCache(size=3)
         cache.put("a", 1, 0, 100)
-        cache.put("b", 2, 0, 100)
-        self.assertEqual(cache.get("a", 1), 1)
-        cache.put("c", 3, 0, 100)
-        self.assertEqual(len(cache), 2)
-        self.assertIsNone(cache.get("b", 1))
-        self.assertEqual(cache.get("a", 1), 1)
-        cache.put("a", 4, 0, 100)
-        self.assertEqual(cache.get("a", 1), 4)
-        self.assertEqual(len(cache), 2)
+        cache.put("a", 2, 0, 100)
+        cache.put("b", 3, 0, 100)
+        self.assertEqual(cache.take("a", 1), 2)
+        cache.put("c", 4, 0, 100)
+        cache.put("c", 5, 0, 100)
+        self.assertEqual(len(cache), 3)
+        self.assertIsNone(cache.take("b", 1))
+        self.assertEqual(cache.take("a", 1), 1)
+        self.assertEqual([cache.take("c", 1) for _ in range(3)], [5, 4, None])
 
     def test_default_size(self) -> None:
         """
-        The daemon keeps up to 10,000 sessions.
+        The daemon keeps up to 10,000 sessions in all, 64 per key.
         """
         cache = SessionCache()
         for i in range(10_001):
             cache.put(i, i, 0, 100)
         self.assertEqual(len(cache), 10_000)
-        self.assertIsNone(cache.get(0, 1))
+        self.assertIsNone(cache.take(0, 1))
+        for i in range(65):
+            cache.put("k", i, 0, 100)
+        self.assertEqual(len(cache), 10_000)
+        self.assertEqual(cache.take("k", 1), 64)
 
 
 class SessionOptionTests(SynchronousTestCase):
@@ -173,6 +202,16 @@ class ResumptionTests(DaemonTestCase):
         for name, value in options.items():
             sock.setsockopt(client.IPPROTO_TLS, getattr(c, name), value)
         sock.connect(("localhost", port))
+        self.ping(sock)
+        resumed = sock.getsockopt(client.IPPROTO_TLS, c.TLS_RESUMED_SESSION)
+        sock.close()
+        return resumed
+
+    def ping(self, sock: client.SSASocket) -> None:
+        """
+        One echo round trip on C{sock} (TLS 1.3 tickets arrive before the
+        echo, so the daemon has kept the session once it returns).
+        """
         sock.sendall(b"ping")
         received = b""
         while len(received) < 4:
@@ -180,9 +219,6 @@ class ResumptionTests(DaemonTestCase):
             self.assertTrue(chunk)
             received += chunk
         self.assertEqual(received, b"ping")
-        resumed = sock.getsockopt(client.IPPROTO_TLS, c.TLS_RESUMED_SESSION)
-        sock.close()
-        return resumed
 
     def check(self, maximum_version: ssl.TLSVersion | None) -> None:
         with StdlibTLSServer(self.server_key, echo_handler, maximum_version=maximum_version) as server:
@@ -203,6 +239,37 @@ class ResumptionTests(DaemonTestCase):
         TLS 1.2: resumed too.
         """
         self.check(ssl.TLSVersion.TLSv1_2)
+
+    def test_concurrent_connections_each_resume(self) -> None:
+        """
+        Sessions are single-use and pooled per server: connections open at
+        the same time each take their own session, and each connection
+        gives one back, so after one connection and a burst of five, a
+        second burst of five all resume.
+        """
+        with StdlibTLSServer(self.server_key, echo_handler) as server:
+            self.assertEqual(self.connect_once(server.port), 0)
+            self.assertEqual(self.burst(server.port, 5), [1, 0, 0, 0, 0])
+            self.assertEqual(self.burst(server.port, 5), [1] * 5)
+
+    def burst(self, port: int, count: int) -> list[int]:
+        """
+        Connect C{count} sockets, each before the one before has exchanged
+        data (so none has given back a session yet), then exchange data on
+        each and close them; say which resumed.
+        """
+        socks = []
+        for _ in range(count):
+            sock = self.trusting_socket()
+            sock.connect(("localhost", port))
+            socks.append(sock)
+        resumed = []
+        for sock in socks:
+            self.ping(sock)
+            resumed.append(sock.getsockopt(client.IPPROTO_TLS, c.TLS_RESUMED_SESSION))
+        for sock in socks:
+            sock.close()
+        return resumed
 
     def test_ten_sockets_share_a_context(self) -> None:
         """

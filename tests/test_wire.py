@@ -64,3 +64,26 @@ class FramingTests(SynchronousTestCase):
         self.assertEqual(wire.decode_address(encoded), ((socket.AF_INET6, "::1", 443), b"rest"))
         self.assertRaises(ValueError, wire.decode_address, encoded[:5])
         self.assertRaises(ValueError, wire.decode_address, encoded[:8])
+
+
+class CarriedOptionsTests(SynchronousTestCase):
+    """
+    The options a CONNECT carries: L{wire.encode_options} and
+    L{wire.decode_options}.
+    """
+
+    def test_round_trip(self) -> None:
+        """
+        Options come back in order, empty values and none at all included.
+        """
+        for options in ([], [(205, 85, b"example.com\0")], [(6, 1, b"\1\0\0\0"), (205, 90, b""), (205, 87, b"x" * 70000)]):
+            self.assertEqual(wire.decode_options(wire.encode_options(options)), options)
+
+    def test_malformed(self) -> None:
+        """
+        A cut count, entry or value, or bytes after the last option, are
+        refused with ValueError.
+        """
+        whole = wire.encode_options([(205, 85, b"example.com\0"), (6, 1, b"\1\0\0\0")])
+        for data in (b"", b"\0", whole[:3], whole[:-1], whole + b"\0", wire.encode_options([]) + b"x"):
+            self.assertRaises(ValueError, wire.decode_options, data)

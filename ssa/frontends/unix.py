@@ -263,7 +263,14 @@ class ControlProtocol(Protocol):
 
     def _connect(self, frame: Frame) -> None:
         (flags,) = wire.CONNECT_FLAGS.unpack_from(frame.body)
-        address, _ = wire.decode_address(frame.body[wire.CONNECT_FLAGS.size :])
+        address, rest = wire.decode_address(frame.body[wire.CONNECT_FLAGS.size :])
+        if flags & wire.CONNECT_OPTIONS:
+            # Options that waited in the client for this request: set them
+            # first, in order, as SETSOCKOPTs would have; the first refused
+            # one fails the CONNECT before anything connects.
+            for level, name, value in wire.decode_options(rest):
+                body = wire.OPTION.pack(level, name) + value
+                self._set_option(Frame(Op.SETSOCKOPT, frame.tag, frame.socket_id, 0, body))
         blocking = not flags & wire.CONNECT_NONBLOCKING
         done = self.service.connect(frame.socket_id, address, blocking)
         if not blocking:
@@ -285,12 +292,19 @@ class ControlProtocol(Protocol):
         done.addCallbacks(succeeded, failed)
 
     def _setsockopt(self, frame: Frame) -> None:
+        self._set_option(frame)
+        self._reply(frame, 0)
+
+    def _set_option(self, frame: Frame) -> None:
+        """
+        Set the option of a SETSOCKOPT request (or one a CONNECT carries,
+        standing for it), recorded by the router for a move.
+        """
         level, name = wire.OPTION.unpack_from(frame.body)
         value = frame.body[wire.OPTION.size :]
         self.service.setsockopt(frame.socket_id, level, name, value)
         if self.router is not None:
             self.router.handled(frame)
-        self._reply(frame, 0)
 
     def _getsockopt(self, frame: Frame) -> None:
         level, name = wire.OPTION.unpack_from(frame.body)
