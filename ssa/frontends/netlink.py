@@ -24,10 +24,9 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -53,7 +52,6 @@ from ..netlink.transport import (
 from ..netlink.wire import Ack, Command, Message, NetlinkDecodeError
 from ..peer import PeerIdentity
 from ..public_files import read_public
-from ..sockets import TLSSocket
 from .loopback import LoopbackListener, OutgoingStream, RedirectedStream
 
 log = Logger()
@@ -218,8 +216,7 @@ class NetlinkFrontend:
         def make() -> None:
             assert message.family is not None  # the codec checks every command's attributes
             stream = RedirectedStream(self.loopback)
-            sock = cast(TLSSocket, self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM,
-                                                        IPPROTO_TLS, stream))
+            sock = self.api.open_socket(KERNEL_CLIENT, message.family, socket.SOCK_STREAM, IPPROTO_TLS, stream)
             self.sockets[message.socket_id] = KernelSocket(message.socket_id, sock.id, message.family, stream)
 
         self._answer(message, make)
@@ -267,7 +264,7 @@ class NetlinkFrontend:
             assert isinstance(entry.stream, RedirectedStream) and message.internal is not None
             family, _, port = message.internal
             entry.stream.expect_from(family, port)
-            done = cast(Deferred, self.api.connect(entry.core_id, _given(message.remote), bool(message.blocking)))
+            done = self.api.connect(entry.core_id, _given(message.remote), bool(message.blocking))
         except SSAError as e:
             self._return(message.socket_id, -e.errno)
             return
@@ -313,7 +310,7 @@ class NetlinkFrontend:
 
         stream = OutgoingStream(self.reactor, listener.internal, source)
         try:
-            done = cast(Deferred, self.api.accept(listener.core_id, KERNEL_CLIENT, False, stream))
+            done = self.api.accept(listener.core_id, KERNEL_CLIENT, False, stream)
         except SSAError as e:
             self._accept_failed(listener, e)
             return
