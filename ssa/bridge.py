@@ -129,7 +129,7 @@ class _End:
 class Bridge:
     """
     One established connection: its engine, its TCP socket and the
-    daemon's end of the application's socketpair.
+    daemon's end of the application's plaintext stream.
 
     @ivar engine: the connection's TLS engine.
     @ivar failure: why the connection ended, if not cleanly.

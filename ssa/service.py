@@ -1,7 +1,9 @@
 """
 The daemon core: the socket table and the socket calls (L{ISocketAPI}),
-joining the sans-IO L{TLSSocket} rules to real descriptors, connections
-and bridges. Frontends call it; it never parses a wire format.
+joining the sans-IO L{TLSSocket} rules to connections, listeners and
+bridges. Frontends call it, each socket with the plaintext stream its
+frontend makes (L{IPlaintextStream}); it never parses a wire format and
+never makes or signals an application's descriptor itself.
 """
 
 from __future__ import annotations
