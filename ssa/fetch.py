@@ -174,12 +174,19 @@ def _now() -> datetime.datetime:
     return datetime.datetime.fromtimestamp(int(time.time()), datetime.UTC)
 
 
+#: How long a failed fetch (a responder down, hanging or answering
+#: nonsense) is remembered: connections in that time get its failure at
+#: once instead of each waiting up to C{revocation-timeout} again.
+FAILURE_MEMORY = datetime.timedelta(seconds=30)
+
+
 class FetchCache:
     """
     Parsed fetch results shared by every connection, each kept until the
     expiry its parser gave (least recently used out beyond C{size}); a
     result without expiry is not kept. One fetch per key is in flight at
-    a time: later callers wait for it.
+    a time: later callers wait for it. A failure is remembered for
+    L{FAILURE_MEMORY}.
 
     @ivar fetches: how many fetches were started.
     """
@@ -189,6 +196,7 @@ class FetchCache:
         self._now = now
         self._kept: OrderedDict[Hashable, tuple[object, datetime.datetime]] = OrderedDict()
         self._inflight: dict[Hashable, list[Deferred]] = {}
+        self._failed: OrderedDict[Hashable, tuple[Failure, datetime.datetime]] = OrderedDict()
         self.fetches = 0
 
     def get(
@@ -212,6 +220,11 @@ class FetchCache:
                 self._kept.move_to_end(key)
                 return succeed(value)
             del self._kept[key]
+        if use_cached and key in self._failed:
+            failure, until = self._failed[key]
+            if until >= self._now():
+                return fail(failure)
+            del self._failed[key]
         waiter: Deferred = Deferred()
         if key in self._inflight:
             self._inflight[key].append(waiter)
@@ -230,6 +243,12 @@ class FetchCache:
                     if expiry is not None:
                         self._keep(key, value, expiry)
                     outcome = value  # type: ignore[assignment]
+            if isinstance(outcome, Failure):
+                self._failed[key] = (outcome, self._now() + FAILURE_MEMORY)
+                while len(self._failed) > self._size:
+                    self._failed.popitem(last=False)
+            else:
+                self._failed.pop(key, None)
             for each in waiters:
                 each.callback(outcome) if not isinstance(outcome, Failure) else each.errback(outcome)
 

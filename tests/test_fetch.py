@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from ssa.fetch import FetchCache, FetchError, fetch
+from ssa.fetch import FAILURE_MEMORY, FetchCache, FetchError, fetch
 from ssa.testing.revocation import RevocationHTTPServer
 
 
@@ -123,7 +123,8 @@ class FetchCacheTests(SynchronousTestCase):
         """
         use_cached=False fetches again; a value without expiry is not
         kept; a failure or a parser's refusal reaches every waiter and is
-        not kept.
+        remembered only for FAILURE_MEMORY (a responder that is down does
+        not make every connection wait for its timeout).
         """
         self.cache.get("k", lambda: succeed(b"value"), self.parse)
         self.cache.get("k", self.start, self.parse, use_cached=False)
@@ -135,8 +136,15 @@ class FetchCacheTests(SynchronousTestCase):
         self.pending[-1].callback(b"bad")
         for waiter in waiters:
             self.failureResultOf(waiter, ValueError)
-        self.cache.get("b", self.start, self.parse)
+        self.failureResultOf(self.cache.get("b", self.start, self.parse), ValueError)
+        self.assertEqual(self.cache.fetches, 5, "the failure is remembered")
+        again = self.cache.get("b", self.start, self.parse, use_cached=False)
         self.assertEqual(self.cache.fetches, 6)
+        self.pending[-1].errback(ConnectionRefusedError())
+        self.failureResultOf(again, ConnectionRefusedError)
+        self.now += FAILURE_MEMORY + datetime.timedelta(seconds=1)
+        self.cache.get("b", self.start, self.parse)
+        self.assertEqual(self.cache.fetches, 7, "forgotten after FAILURE_MEMORY")
 
     def test_bounded(self) -> None:
         """
