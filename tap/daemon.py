@@ -364,6 +364,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
     count, index = options["workers"], options["worker-index"] or 0
     sockets = SocketService(reactor, backend, policies, worker_index=index)
     notifier = systemd.Notifier()
+    # First of all: SIGHUP must be handled before any socket listens, or one
+    # sent as soon as the control socket answers would kill the daemon.
+    reloader = PolicyReloader(reactor, sockets, load)
+    reloader.setServiceParent(top)
     inherited = systemd.INHERITED[0] if systemd.INHERITED and not index else None
     if not index:
         _serve_netlink(reactor, options, sockets, top)
@@ -371,7 +375,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if count == 1:
         if "unix" in options["frontends"]:
             UnixFrontendService(reactor, options["socket"], sockets, inherited=inherited).setServiceParent(top)
-        PolicyReloader(reactor, sockets, load, notifier=notifier).setServiceParent(top)
+        reloader.notifier = notifier
         _serve_metrics(reactor, options, sockets, None, top)
         return top
     workers = CrossWorker(reactor, sockets, count)
@@ -379,7 +383,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
         WorkerProcessService(
             reactor, sockets, workers, options["inherit-control-fd"], options["link-fd"]
         ).setServiceParent(top)
-        PolicyReloader(reactor, sockets, load).setServiceParent(top)
         return top
     frontend = UnixFrontendService(reactor, options["socket"], sockets, workers, inherited)
     frontend.setServiceParent(top)
@@ -388,9 +391,8 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     workers.send = supervisor.route
     supervisor.setServiceParent(top)
-    PolicyReloader(
-        reactor, sockets, load, lambda: supervisor.signal_all(signal.SIGHUP), notifier
-    ).setServiceParent(top)
+    reloader.forward = lambda: supervisor.signal_all(signal.SIGHUP)
+    reloader.notifier = notifier
     _serve_metrics(reactor, options, sockets, workers, top)
     return top
 

@@ -13,6 +13,8 @@ import sys
 import textwrap
 import time
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from ssa import client
 from ssa.testing.daemon import SOURCE_ROOT
 from ssa.testing.peers import OpenSSLServer, StdlibTLSServer, echo_handler
@@ -133,6 +135,26 @@ class ReloadTests(PolicyTestCase):
         self.assertEqual(after_broken.getsockopt(TLS, client.TLS_CHOSEN_VERSION), client.TLS_1_2)
 
 
+class ReloaderFirstTests(SynchronousTestCase):
+    """
+    The SIGHUP handler is installed before anything listens: a daemon
+    answers on its control socket only once a SIGHUP reloads it, never
+    kills it (the default action), however soon after the socket answers
+    the signal comes.
+    """
+
+    def test_reloader_starts_first(self) -> None:
+        from twisted.internet.testing import MemoryReactor
+
+        from ssa.tap.daemon import Options, PolicyReloader, makeService
+
+        for arguments in ([], ["--workers", "2"]):
+            options = Options()
+            options.parseOptions(["--socket", "/nonexistent/ssa.sock", *arguments])
+            top = makeService(options, MemoryReactor())
+            self.assertIsInstance(list(top)[0], PolicyReloader, arguments)
+
+
 class BrokenFileTests(DaemonTestCase):
     """
     A wrong file stops the daemon at start-up.
@@ -147,8 +169,9 @@ class BrokenFileTests(DaemonTestCase):
         """
         The daemon exits naming the file, line, key and reason.
         """
-        from ssa.testing.daemon import DaemonProcess
         import tempfile
+
+        from ssa.testing.daemon import DaemonProcess
 
         path = os.path.join(tempfile.mkdtemp(), "config.yml")
         with open(path, "w") as f:
