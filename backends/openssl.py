@@ -54,7 +54,7 @@ from ssa.constants import TLS_1_0, TLS_1_1, TLS_1_2, TLS_1_3
 from ssa.errors import TLSFailure
 from ssa.identity import check_readable, verify_identity
 from ssa.interfaces import ITLSBackend, ITLSEngine
-from ssa.options import is_ip_literal
+from ssa.optioncheck import is_ip_literal
 from ssa.pathvalidation import check_server_chain
 from ssa.stapling import STAPLES
 from ssa.tlsconfig import (

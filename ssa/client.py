@@ -23,7 +23,6 @@ permissions, and sent as contents: the daemon never opens a path.
 from __future__ import annotations
 
 import errno as _errno
-import ipaddress
 import os
 import socket as _socket
 import struct
@@ -66,7 +65,7 @@ from ssa.constants import (  # for create_connection / create_server
     version_name,
 )
 from ssa.constants import __all__ as _constants_all
-from ssa.optioncheck import travels_with_connect
+from ssa.optioncheck import is_ip_literal, travels_with_connect
 from ssa.paths import client_socket_path
 
 #: Options (level IPPROTO_TLS) whose value is text: C{getsockopt} without a
@@ -350,7 +349,7 @@ class SSASocket:
         if self._family in (AF_INET, AF_INET6):
             if host == "":
                 host = "0.0.0.0" if self._family == AF_INET else "::"
-            elif not _is_ip_literal(host):
+            elif not is_ip_literal(host):
                 host = self._resolve(host, port)
         reply = self._call(wire.Op.BIND, wire.encode_address(int(self._family), host, port))
         self._sockname = self._address_tuple(reply)
@@ -372,7 +371,7 @@ class SSASocket:
         """
         host, port = self._address(address, "connect")
         name = None
-        if self._family in (AF_INET, AF_INET6) and not _is_ip_literal(host):
+        if self._family in (AF_INET, AF_INET6) and not is_ip_literal(host):
             name = host
             host = self._resolve(host, port)
         if name is not None and not self._hostname_set:
@@ -742,14 +741,6 @@ def _enum(kind: Any, value: int) -> Any:
         return value
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 # socket.create_connection and socket.create_server, through the daemon
 
 __all__ += ["create_connection", "create_server", "tls_socket"]
@@ -820,7 +811,7 @@ def verified_name(host: str, hostname: str | None) -> str | None:
     """
     if hostname is not None:
         return hostname
-    return None if _is_ip_literal(host) else host
+    return None if is_ip_literal(host) else host
 
 
 def create_connection(

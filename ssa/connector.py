@@ -19,7 +19,7 @@ from zope.interface import implementer
 from .errors import INTERNAL_ERROR, TLSFailure, TLSTruncated
 from .identity import verify_identity
 from .interfaces import ITLSBackend, ITLSHandshakeListener
-from .options import is_ip_literal
+from .optioncheck import is_ip_literal
 from .pathvalidation import check_server_chain
 from .revocationcheck import check_server_revocation
 from .sockets import ConnectPlan

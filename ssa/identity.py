@@ -18,7 +18,7 @@ from service_identity.hazmat import DNS_ID, IPAddress_ID, verify_service_identit
 
 from . import der
 from .errors import TLSFailure
-from .options import is_ip_literal
+from .optioncheck import is_ip_literal
 from .tlsconfig import subject_line
 
 

@@ -13,6 +13,8 @@ its C{setsockopt()}.
 from __future__ import annotations
 
 import errno
+import functools
+import ipaddress
 import struct
 
 from . import netoptions
@@ -73,5 +75,20 @@ def travels_with_connect(level: int, name: int, value: bytes) -> bool:
             return False
         netoptions.check(level, name, INT.unpack(value)[0])
     except SSAError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1024)
+def is_ip_literal(host: str) -> bool:
+    """
+    Whether C{host} is an IPv4 or IPv6 address rather than a name.
+
+    Cached: a connection asks it five times of the same name, and for a
+    name the answer costs a C{ValueError} raised and caught.
+    """
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
         return False
     return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import ipaddress
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -406,18 +405,3 @@ RULES: dict[int, OptionRule] = {
         lambda s: encode_text(_session(s).alpn or ""),
     ),
 }
-
-
-@functools.lru_cache(maxsize=1024)
-def is_ip_literal(host: str) -> bool:
-    """
-    Whether C{host} is an IPv4 or IPv6 address rather than a name.
-
-    Cached: a connection asks it five times of the same name, and for a
-    name the answer costs a C{ValueError} raised and caught.
-    """
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

@@ -39,7 +39,7 @@ from cryptography.x509 import verification
 from .crls import Revocation
 from .errors import TLSFailure
 from .identity import certificate_subject
-from .options import is_ip_literal
+from .optioncheck import is_ip_literal
 from .revocation import revocation_failure
 from .tlsconfig import ClientTLSConfig, ServerTLSConfig, TLSSessionInfo
 from .webpki_rules import path_rule_failure

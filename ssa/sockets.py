@@ -19,7 +19,8 @@ from . import netoptions
 from .constants import AF_HOSTNAME, IPPROTO_TLS, TLS_ERROR, SocketState
 from .crls import NO_CRLS, Revocation
 from .errors import SSAError
-from .options import ANY, INT, RULES, U64, OptionRule, decode_int, is_ip_literal
+from .optioncheck import is_ip_literal
+from .options import ANY, INT, RULES, U64, OptionRule, decode_int
 from .peer import PeerIdentity
 from .policy import Policy
 from .tlsconfig import ClientTLSConfig, Credential, ServerTLSConfig, TLSSessionInfo, chain_pem

@@ -25,10 +25,11 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Union
+from typing import Union
 
 from cryptography.hazmat.primitives import hashes
 from twisted.python import log
@@ -38,7 +39,7 @@ from ssa.backend_choice import load_backend
 from ssa.errors import TLSFailure
 from ssa.identity import verify_identity
 from ssa.interfaces import ITLSBackend
-from ssa.options import is_ip_literal
+from ssa.optioncheck import is_ip_literal
 from ssa.testing.certs import CertificateAuthority, CertifiedKey, self_signed_server
 from ssa.testing.peers import OpenSSLServer, StdlibTLSServer, echo_handler
 from ssa.tlsconfig import ClientTLSConfig
@@ -199,7 +200,7 @@ def run_client(
             sock.settimeout(remaining)
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 return "fail: timed out"
             except OSError as e:
                 return f"fail: TCP error ({e})"
