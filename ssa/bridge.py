@@ -22,7 +22,6 @@ after the bytes that did arrive.
 from __future__ import annotations
 
 import socket
-import struct
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReadWriteDescriptor
@@ -34,7 +33,7 @@ from . import descriptors
 from .edge import watcher_for
 from .errors import TLSFailure, TLSTruncated
 from .interfaces import ITLSEngine
-from .plaintext import PlaintextSocket
+from .plaintext import PlaintextSocket, reset_on_close
 
 log = Logger()
 
@@ -49,7 +48,6 @@ READS_PER_TURN = 4
 #: see the peer's end before it is reset.
 CLOSE_LINGER = 10.0
 
-_LINGER_ABORT = struct.pack("ii", 1, 0)
 #: Where consumed bytes go (they were peeked and sent already): one buffer
 #: for every bridge of the process, which runs one at a time.
 _SCRATCH = memoryview(bytearray(READ_SIZE))
@@ -71,17 +69,6 @@ def _send_after(sock: socket.socket, pending: memoryview, data: bytes) -> memory
     except BlockingIOError:
         sent = 0
     return _NOTHING if sent == len(data) else memoryview(data)[sent:]
-
-
-def _reset_on_close(sock: socket.socket) -> None:
-    """
-    Make closing C{sock} (a TCP socket) reset its connection.
-    """
-    if sock.fileno() >= 0:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
-        except OSError:
-            pass
 
 
 class ConnectionLostError(Exception):
@@ -519,7 +506,7 @@ class Bridge:
         after the bytes already sent, fail with C{ECONNRESET}.
         """
         if not self._placeholder and self._plaintext.socket.fileno() >= 0:
-            _reset_on_close(self._plaintext.socket)
+            reset_on_close(self._plaintext.socket)
         self._close_plaintext()
 
     def _lost(self, reason: Failure) -> None:
@@ -528,7 +515,7 @@ class Bridge:
             self._close_plaintext()
 
     def _abort_tcp(self) -> None:
-        _reset_on_close(self._secure.socket)
+        reset_on_close(self._secure.socket)
         self._to_peer = _NOTHING
         self._close_tcp()
 

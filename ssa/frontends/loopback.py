@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import struct
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred, fail
@@ -27,8 +26,9 @@ from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .. import descriptors
 from ..interfaces import IPlaintextStream
-from ..plaintext import PLAINTEXT_BUFFER, PlaintextSocket
+from ..plaintext import PLAINTEXT_BUFFER, PlaintextSocket, reset_on_close
 
 log = Logger()
 
@@ -38,13 +38,9 @@ Arrival = Callable[[socket.socket], None]
 
 def reset(sock: socket.socket) -> None:
     """
-    Close C{sock} with a reset, not a FIN: what the application reads
-    must not look like a complete stream.
+    Close C{sock} with a reset, not a FIN.
     """
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
+    reset_on_close(sock)
     sock.close()
 
 
@@ -156,10 +152,7 @@ class LoopbackListener:
 
 
 def _plaintext(sock: socket.socket) -> PlaintextSocket:
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PLAINTEXT_BUFFER)
-    except OSError:
-        pass
+    descriptors.set_send_buffer(sock.fileno(), PLAINTEXT_BUFFER)
     return PlaintextSocket(sock, placeholder=False)
 
 
@@ -352,7 +345,6 @@ class OutgoingStream:
             if err:
                 sock.close()
                 raise OSError(err, f"cannot reach the application's listening socket: {os.strerror(err)}")
-            sock.setblocking(True)
             return _plaintext(sock)
 
         return self._writable.done.addCallback(done)
