@@ -404,8 +404,9 @@ class AsyncioBreakageTests(DaemonTestCase):
             gc.collect()
             return own_descriptors() <= own_before and self.daemon.descriptor_count() <= daemon_before
 
-        self.assertTrue(wait_for(settled), f"{own_descriptors()} descriptors here, {own_before} before; "
-                        f"{self.daemon.descriptor_count()} in the daemon, {daemon_before} before")
+        self.assertTrue(wait_for(settled, 60.0), f"{own_descriptors()} descriptors here, {own_before} before; "
+                        f"{self.daemon.descriptor_count()} in the daemon, {daemon_before} before: "
+                        f"{self.daemon.descriptors()}")
 
     def test_killed_daemon(self) -> None:
         """

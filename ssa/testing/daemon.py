@@ -140,6 +140,21 @@ class DaemonProcess:
         assert self.process is not None
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
 
+    def descriptors(self) -> list[str]:
+        """
+        What its open descriptors are (C{socket:[inode]}, paths), for a
+        failure message that shows what was left open.
+        """
+        assert self.process is not None
+        directory = f"/proc/{self.process.pid}/fd"
+        found = []
+        for name in os.listdir(directory):
+            try:
+                found.append(f"{name}->{os.readlink(os.path.join(directory, name))}")
+            except OSError:
+                pass
+        return sorted(found, key=lambda entry: int(entry.split("->")[0]))
+
     def memory_kib(self) -> int:
         """
         Its resident memory in KiB.
